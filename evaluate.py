@@ -1,0 +1,404 @@
+"""Evaluate a checkpoint of spo_ppo.py / arpo_ppo.py / barpo_ppo.py: natural return and return under attacks.
+
+    python evaluate.py runs/<run>/agent.pt                       # natural, 50 deterministic episodes
+    python evaluate.py runs/<run>/agent.pt --attacks all         # natural + every attack, worst case
+    python evaluate.py runs/<run>/agent.pt --attacks mad --capture-video
+
+Protocol (SPEC §6): the victim acts with its mean action on observations normalised with the statistics
+stored in the checkpoint (frozen, clipped to ±10, exactly as in training); an attack replaces each
+observation by a point of the l_inf ball of radius eps around it (eps in normalised units, default per
+env: Hopper 0.075, Walker2d 0.05, HalfCheetah 0.15, Ant 0.15); the environment evolves on the true state.
+All episodes run in lockstep in one vector env, so each attack is one batched call per time step.
+
+Output: a markdown table (mean ± std per attack, worst case = minimum over attacks, robustness =
+(worst - natural) / natural) and the same as JSON next to the checkpoint (eval_eps<eps>.json).
+
+Robust Sarsa (rs) trains a Q^pi of the frozen victim first (cached next to the checkpoint as
+rs_q_*.pt and reused); see `train_robust_sarsa` for the procedure and what it approximates.
+"""
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+import attacks
+from spo_ppo import Agent
+
+DEFAULT_EPS = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}
+ATTACKS = ["random", "critic", "mad", "rs"]
+
+
+@dataclass
+class Args:
+    checkpoint: tyro.conf.Positional[str]
+    """path to an agent.pt written by one of the training scripts"""
+    attacks: str = "none"
+    """comma-separated list of attacks (random, critic, mad, rs) or 'all'; natural is always evaluated"""
+    epsilon: Optional[float] = None
+    """l_inf radius in normalised observation units (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah/Ant 0.15)"""
+    num_episodes: int = 50
+    """episodes per attack, run in lockstep (one sub-env each)"""
+    attack_steps: int = 10
+    """PGD / SGLD steps of the gradient attacks (step size epsilon / attack_steps)"""
+    mad_beta: float = 1.0
+    """SGLD temperature of the MAD attack (SA-PPO's test-time value 1; BARPO trains with 1e-5)"""
+    stochastic: bool = False
+    """sample actions from the policy instead of using the mean action"""
+    seed: int = 12345
+    """seed of the evaluation environments and of the attacks' randomness"""
+    env_id: Optional[str] = None
+    """environment to evaluate on (default: the checkpoint's; a different one is refused)"""
+    output: Optional[str] = None
+    """where to write the JSON results (default: next to the checkpoint)"""
+    capture_video: bool = False
+    """record the first episodes of every evaluated attack to videos/ (needs libosmesa6, MUJOCO_GL=osmesa)"""
+    video_episodes: int = 2
+    """how many episodes per attack to record"""
+    video_frames: int = 300
+    """at most this many frames per recorded episode (about 0.25 s per 480x480 frame when rendering)"""
+    video_size: int = 240
+    """width and height of the video frames in pixels"""
+    threads: int = 1
+    """torch CPU threads"""
+
+    # Robust Sarsa
+    rs_steps: int = 50000
+    """environment steps of victim rollouts used to fit each Robust Sarsa Q"""
+    rs_epochs: int = 20
+    """passes of Sarsa TD training over the collected rollouts"""
+    rs_eps: float = 0.02
+    """radius of the robustness penalty of the Q function (normalised obs units; actions in their own units)"""
+    rs_reg: float = 0.1
+    """weight of the robustness penalty"""
+    rs_grid: bool = False
+    """train the literature's grid of (rs_eps, rs_reg) models and report the worst result"""
+
+
+def load_checkpoint(path, env_id=None):
+    """Load a checkpoint and check it against the env; every problem is one clear SystemExit line."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: checkpoint {path!r} does not exist")
+    try:  # weights_only: a checkpoint cannot run code; TorchVersion is a str subclass some writers stored
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"error: {path!r} is not a readable checkpoint ({type(e).__name__})")
+    missing = {"env_id", "obs_shape", "action_shape", "hidden_size", "agent", "obs_rms"} - set(ckpt)
+    if missing:
+        raise SystemExit(f"error: {path!r} is not a self-describing checkpoint (missing {sorted(missing)})")
+    env_id = env_id or ckpt["env_id"]
+    if env_id != ckpt["env_id"]:
+        raise SystemExit(f"error: checkpoint was trained on {ckpt['env_id']}, not {env_id}")
+    try:
+        spec_env = gym.make(env_id)
+    except gym.error.Error as e:
+        raise SystemExit(f"error: unknown env id {env_id!r}: {e}")
+    obs_shape, act_shape = list(spec_env.observation_space.shape), list(spec_env.action_space.shape)
+    spec_env.close()
+    if obs_shape != list(ckpt["obs_shape"]) or act_shape != list(ckpt["action_shape"]):
+        raise SystemExit(
+            f"error: checkpoint expects obs {ckpt['obs_shape']} / action {ckpt['action_shape']}, "
+            f"but {env_id} has obs {obs_shape} / action {act_shape}"
+        )
+    agent = Agent(int(np.prod(obs_shape)), int(np.prod(act_shape)), ckpt["hidden_size"])
+    agent.load_state_dict(ckpt["agent"])
+    agent.eval()
+    for p in agent.parameters():
+        p.requires_grad_(False)
+    return agent, ckpt
+
+
+def make_eval_env(env_id, obs_rms, render=None):
+    """The training observation pipeline with the normaliser frozen at the checkpoint's statistics.
+
+    render: None, or (video_folder, name_prefix, size, max_frames) to record this sub-env's first episode."""
+
+    def thunk():
+        if render is None:
+            env = gym.make(env_id)
+        else:
+            folder, prefix, size, max_frames = render
+            env = gym.make(env_id, render_mode="rgb_array", width=size, height=size)
+            env = gym.wrappers.RecordVideo(
+                env, folder, episode_trigger=lambda ep: ep == 0, name_prefix=prefix, video_length=max_frames,
+                disable_logger=True,
+            )
+        env = gym.wrappers.ClipAction(env)
+        env = gym.wrappers.NormalizeObservation(env)
+        env.obs_rms.mean = obs_rms["mean"].numpy().copy()
+        env.obs_rms.var = obs_rms["var"].numpy().copy()
+        env.obs_rms.count = float(obs_rms["count"])
+        env.update_running_mean = False
+        env = gym.wrappers.TransformObservation(env, lambda obs: np.clip(obs, -10, 10), env.observation_space)
+        return env
+
+    return thunk
+
+
+def run_episodes(agent, env_id, obs_rms, num_episodes, perturb=None, stochastic=False, seed=0, video=None):
+    """One episode per sub-env, all in lockstep. perturb(obs_batch) -> obs_batch is applied at every step.
+
+    Returns the raw (unnormalised) episode returns and lengths, each of shape (num_episodes,)."""
+    thunks = [
+        make_eval_env(env_id, obs_rms, None if video is None or i >= video[0] else (video[1], f"{video[2]}-ep{i}", *video[3:]))
+        for i in range(num_episodes)
+    ]
+    envs = gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    obs, _ = envs.reset(seed=seed)
+    returns = np.zeros(num_episodes)
+    lengths = np.zeros(num_episodes, dtype=np.int64)
+    running = np.ones(num_episodes, dtype=bool)
+    while running.any():
+        x = torch.as_tensor(obs, dtype=torch.float32)
+        if perturb is not None:
+            x = perturb(x)
+        with torch.no_grad():
+            mean = agent.actor_mean(x)
+            action = mean if not stochastic else mean + agent.actor_logstd.exp() * torch.randn_like(mean)
+        obs, reward, term, trunc, _ = envs.step(action.numpy())
+        returns += reward * running
+        lengths += running
+        running &= ~(term | trunc)  # a finished sub-env auto-resets; its later steps are ignored
+    envs.close()
+    return returns, lengths
+
+
+class QNetwork(nn.Module):
+    """Q(s, a) of the frozen victim, for the Robust Sarsa attack (s: normalised obs, a: action)."""
+
+    def __init__(self, obs_dim, act_dim, hidden_size=64):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim + act_dim, hidden_size), nn.Tanh(),
+            nn.Linear(hidden_size, hidden_size), nn.Tanh(),
+            nn.Linear(hidden_size, 1),
+        )
+
+    def forward(self, obs, action):
+        return self.net(torch.cat([obs, action], dim=-1))
+
+
+def collect_sarsa_data(agent, env_id, obs_rms, steps, num_envs=20, seed=0):
+    """Roll out the frozen victim (stochastic, so Q sees actions around the mean) and return Sarsa tuples
+    (s, a, r, s', a', terminal) over consecutive steps of the same episode; truncated steps are dropped."""
+    envs = gym.vector.SyncVectorEnv(
+        [make_eval_env(env_id, obs_rms) for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    horizon = max(2, steps // num_envs)
+    obs_buf, act_buf = [], []
+    rew_buf, term_buf, done_buf = np.zeros((horizon, num_envs)), np.zeros((horizon, num_envs)), np.zeros((horizon, num_envs))
+    obs, _ = envs.reset(seed=seed)
+    for t in range(horizon):
+        x = torch.as_tensor(obs, dtype=torch.float32)
+        with torch.no_grad():
+            mean = agent.actor_mean(x)
+            action = mean + agent.actor_logstd.exp() * torch.randn_like(mean)
+        obs_buf.append(x)
+        act_buf.append(action)
+        obs, rew_buf[t], term, trunc, _ = envs.step(action.numpy())
+        term_buf[t], done_buf[t] = term, term | trunc
+    envs.close()
+    obs_t, act_t = torch.stack(obs_buf), torch.stack(act_buf)
+    # transition (t, i) -> (t+1, i) is usable if the episode went on, or if it terminated (target = r)
+    valid = (done_buf[:-1] == 0) | (term_buf[:-1] == 1)
+    v = torch.as_tensor(valid)
+    as_t = lambda a: torch.as_tensor(a[:-1], dtype=torch.float32)[v]
+    return obs_t[:-1][v], act_t[:-1][v], as_t(rew_buf), obs_t[1:][v], act_t[1:][v], as_t(term_buf)
+
+
+def train_robust_sarsa(agent, data, rs_eps, rs_reg, epochs, gamma=0.99, batch_size=256, lr=1e-3, pgd_steps=3, seed=0):
+    """Fit Q^pi by Sarsa TD(0) with a robustness penalty, returning (q_net, TD loss at start and per epoch).
+
+    loss = (Q(s,a) - r - gamma (1-term) Q(s',a'))^2 + rs_reg * max_{(s~,a~) in B_rs_eps(s,a)} (Q(s~,a~) - Q(s,a))^2.
+    Approximation: SA-PPO bounds the inner max with convex relaxations (auto_LiRPA); we approximate it with a
+    `pgd_steps`-step PGD from a random start. The ball covers both the state and the action input: SPEC §6
+    asks that Q not move under perturbations of s, the literature's code regularises the action input,
+    and the attack differentiates through the action, so both are smoothed."""
+    torch.manual_seed(seed)
+    s, a, r, s2, a2, term = data
+    q_net = QNetwork(s.shape[1], a.shape[1])
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=lr)
+    reward_scale = float(r.abs().mean()) + 1e-8  # Q is learned in units of the mean |reward|, then rescaled
+    r = r / reward_scale
+    with torch.no_grad():  # start at the mean discounted return of geometric episodes: TD targets on scale
+        q_net.net[-1].bias.fill_(float(r.mean()) / (1 - gamma * (1 - float(term.mean()))))
+    def td_loss_of_dataset():
+        with torch.no_grad():
+            target = r + gamma * (1 - term) * q_net(s2, a2).squeeze(-1)
+            return float(((q_net(s, a).squeeze(-1) - target) ** 2).mean())
+
+    history = [td_loss_of_dataset()]  # before any update, then the mean TD loss of each epoch
+    for epoch in range(epochs):
+        perm = torch.randperm(len(s))
+        losses = []
+        for start in range(0, len(s), batch_size):
+            idx = perm[start : start + batch_size]
+            sa = torch.cat([s[idx], a[idx]], dim=-1)
+            with torch.no_grad():
+                target = r[idx] + gamma * (1 - term[idx]) * q_net(s2[idx], a2[idx]).squeeze(-1)
+            q = q_net.net(sa).squeeze(-1)
+            td_loss = ((q - target) ** 2).mean()
+            loss = td_loss
+            if rs_reg > 0 and rs_eps > 0:
+                q_clean = q.detach()
+                x = sa + rs_eps * (2 * torch.rand_like(sa) - 1)
+                for _ in range(pgd_steps):
+                    x.requires_grad_(True)
+                    (g,) = torch.autograd.grad(((q_net.net(x).squeeze(-1) - q_clean) ** 2).sum(), x)
+                    x = attacks.project(x.detach() + rs_eps / pgd_steps * 2 * g.sign(), sa, rs_eps)
+                loss = loss + rs_reg * ((q_net.net(x).squeeze(-1) - q) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(td_loss.item())
+        history.append(float(np.mean(losses)))
+    with torch.no_grad():  # fold the reward scale back into the last layer: Q in raw return units
+        q_net.net[-1].weight.mul_(reward_scale)
+        q_net.net[-1].bias.mul_(reward_scale)
+    for p in q_net.parameters():
+        p.requires_grad_(False)
+    return q_net, history
+
+
+def robust_sarsa_models(agent, ckpt_path, ckpt, args):
+    """The Q models of the RS attack: cached next to the checkpoint (keyed by its content) or trained now."""
+    import hashlib
+
+    with open(ckpt_path, "rb") as f:
+        digest = hashlib.sha1(f.read()).hexdigest()[:12]
+    grid = [(e, r) for e in (0.02, 0.05, 0.1) for r in (0.1, 1.0)] if args.rs_grid else [(args.rs_eps, args.rs_reg)]
+    obs_dim, act_dim = int(np.prod(ckpt["obs_shape"])), int(np.prod(ckpt["action_shape"]))
+    data, models = None, []
+    for rs_eps, rs_reg in grid:
+        name = f"rs_q_eps{rs_eps:g}_reg{rs_reg:g}_steps{args.rs_steps}_ep{args.rs_epochs}.pt"
+        path = os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), name)
+        if os.path.isfile(path):
+            cached = torch.load(path, weights_only=True)
+            if cached["victim_sha1"] == digest:
+                q_net = QNetwork(obs_dim, act_dim)
+                q_net.load_state_dict(cached["q_net"])
+                q_net.requires_grad_(False)
+                print(f"  rs: reusing {name}")
+                models.append(((rs_eps, rs_reg), q_net))
+                continue
+        t0 = time.time()
+        if data is None:
+            data = collect_sarsa_data(agent, ckpt["env_id"], ckpt["obs_rms"], args.rs_steps, seed=args.seed + 1)
+        q_net, history = train_robust_sarsa(agent, data, rs_eps, rs_reg, args.rs_epochs, seed=args.seed)
+        torch.save({"q_net": q_net.state_dict(), "victim_sha1": digest, "td_loss": history, "rs_eps": rs_eps, "rs_reg": rs_reg}, path)
+        print(f"  rs: trained {name} on {len(data[0])} transitions in {time.time() - t0:.0f} s (TD loss {history[0]:.3f} -> {history[-1]:.3f})")
+        models.append(((rs_eps, rs_reg), q_net))
+    return models
+
+
+def default_epsilon(env_id):
+    for prefix, eps in DEFAULT_EPS.items():
+        if env_id.startswith(prefix):
+            return eps
+    raise SystemExit(f"error: no default epsilon for {env_id}; pass --epsilon")
+
+
+def check_video_backend():
+    """Fail early with one line if MuJoCo cannot render offscreen."""
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    try:
+        import moviepy  # noqa: F401  (RecordVideo writes mp4 files through moviepy)
+    except ImportError:
+        raise SystemExit("error: --capture-video needs moviepy: pip install moviepy")
+    try:
+        env = gym.make("Hopper-v5", render_mode="rgb_array", width=64, height=64)
+        env.reset(seed=0)
+        env.render()
+        env.close()
+    except Exception as e:
+        raise SystemExit(
+            f"error: --capture-video cannot render offscreen ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "install libosmesa6 (apt-get install libosmesa6) and set MUJOCO_GL=osmesa"
+        )
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    torch.set_num_threads(args.threads)
+    if args.epsilon is not None and not args.epsilon >= 0:
+        raise SystemExit(f"error: --epsilon must be >= 0, got {args.epsilon}")
+    if args.num_episodes < 1 or args.attack_steps < 1:
+        raise SystemExit("error: --num-episodes and --attack-steps must be positive")
+    names = ATTACKS if args.attacks == "all" else [a for a in args.attacks.split(",") if a and a != "none"]
+    unknown = [a for a in names if a not in ATTACKS]
+    if unknown:
+        raise SystemExit(f"error: unknown attack(s) {unknown}; choose from {ATTACKS} or 'all'")
+    if args.capture_video:
+        check_video_backend()
+
+    agent, ckpt = load_checkpoint(args.checkpoint, args.env_id)
+    env_id = ckpt["env_id"]
+    eps = args.epsilon if args.epsilon is not None else default_epsilon(env_id)
+    ckpt_dir = os.path.dirname(os.path.abspath(args.checkpoint))
+    video_dir = os.path.join("videos", os.path.basename(ckpt_dir))
+    print(f"{args.checkpoint}: {ckpt.get('algo', '?')} on {env_id}, {ckpt.get('global_step', '?')} steps; eps = {eps}")
+
+    perturbs = {"natural": None}
+    for name in names:
+        if name in ("random", "critic"):
+            perturbs[name] = lambda x, f=getattr(attacks, name): f(agent, x, eps, steps=args.attack_steps)
+        elif name == "mad":
+            perturbs[name] = lambda x: attacks.mad(agent, x, eps, steps=args.attack_steps, beta=args.mad_beta, normalize_sigma=True)
+        elif name == "rs":
+            perturbs[name] = None  # built below: the Q models are trained (or loaded) first
+
+    results = {}
+    for name, perturb in perturbs.items():
+        t0 = time.time()
+        video = None
+        if args.capture_video:
+            video = (args.video_episodes, video_dir, name, args.video_size, args.video_frames)
+        if name == "rs":  # one evaluation per Q model of the grid; the attack's result is the worst of them
+            worst_rs = None
+            for (rs_eps, rs_reg), q_net in robust_sarsa_models(agent, args.checkpoint, ckpt, args):
+                torch.manual_seed(args.seed)
+                perturb = lambda x, q=q_net: attacks.q_pgd(agent, x, eps, q, steps=args.attack_steps)
+                rs_returns, rs_lengths = run_episodes(agent, env_id, ckpt["obs_rms"], args.num_episodes, perturb, args.stochastic, args.seed, video)
+                print(f"  rs (eps_rs={rs_eps:g}, reg={rs_reg:g}) {rs_returns.mean():9.1f}")
+                if worst_rs is None or rs_returns.mean() < worst_rs[0].mean():
+                    worst_rs = (rs_returns, rs_lengths)
+            returns, lengths = worst_rs
+        else:
+            torch.manual_seed(args.seed)
+            returns, lengths = run_episodes(agent, env_id, ckpt["obs_rms"], args.num_episodes, perturb, args.stochastic, args.seed, video)
+        results[name] = {
+            "mean": float(returns.mean()), "std": float(returns.std()), "min": float(returns.min()), "max": float(returns.max()),
+            "length_mean": float(lengths.mean()), "returns": returns.tolist(), "seconds": round(time.time() - t0, 2),
+        }
+        print(f"  {name:8s} {returns.mean():9.1f} ± {returns.std():7.1f}   length {lengths.mean():6.1f}   ({time.time() - t0:.1f} s)", flush=True)
+
+    natural = results["natural"]["mean"]
+    worst_name = min(results, key=lambda k: results[k]["mean"])
+    worst = results[worst_name]["mean"]
+    robustness = (worst - natural) / natural if natural != 0 else float("nan")
+    lines = [
+        f"| {env_id} ({ckpt.get('algo', '?')}), eps = {eps}, {args.num_episodes} episodes | return (mean ± std) |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v['mean']:.1f} ± {v['std']:.1f} |" for k, v in results.items()]
+    lines += [f"| **worst case** ({worst_name}) | **{worst:.1f}** |", f"| robustness (worst − natural)/natural | {robustness:+.1%} |"]
+    print("\n" + "\n".join(lines))
+
+    out = args.output or os.path.join(ckpt_dir, f"eval_eps{eps:g}.json")
+    report = {
+        "checkpoint": os.path.abspath(args.checkpoint), "env_id": env_id, "algo": ckpt.get("algo"),
+        "global_step": ckpt.get("global_step"), "epsilon": eps, "num_episodes": args.num_episodes,
+        "deterministic": not args.stochastic, "mad_beta": args.mad_beta, "attack_steps": args.attack_steps,
+        "results": results, "worst_case": worst, "worst_attack": worst_name, "robustness": robustness,
+    }
+    with open(out + ".tmp", "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(out + ".tmp", out)
+    print(f"wrote {out}")

@@ -1,0 +1,47 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--total-timesteps", "128", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2"]
+
+
+def run_script(script, *args, check=True, timeout=300):
+    """Run one of the repo's scripts as a user would; returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, script), *map(str, args)],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def assert_one_line_error(proc, *fragments):
+    """A bad input must give a non-zero exit and one clear `error:` line on stderr, no traceback."""
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:"), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def read_scalars(run_dir):
+    """{tag: [(step, value), ...]} from the TensorBoard event files of a run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(run_dir)
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_spo_checkpoint(tmp_path_factory):
+    """A Hopper-v5 SPO checkpoint from a 128-step run, shared by the tests that only need some checkpoint."""
+    run_dir = tmp_path_factory.mktemp("spo") / "run"
+    run_script("spo_ppo.py", *TINY, "--run-dir", run_dir)
+    return run_dir / "agent.pt"

@@ -1,0 +1,123 @@
+"""attacks.py properties over random small networks, and the attack evaluation command."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import attacks
+from conftest import assert_one_line_error, run_script
+from spo_ppo import Agent
+
+
+def random_setting(seed):
+    g = np.random.default_rng(seed)
+    obs_dim, act_dim, hidden, batch = int(g.integers(1, 20)), int(g.integers(1, 6)), int(g.integers(4, 32)), int(g.integers(1, 50))
+    torch.manual_seed(seed)
+    agent = Agent(obs_dim, act_dim, hidden, init_logstd=float(g.uniform(-1, 0.5)))
+    for p in agent.parameters():  # break the tiny output init so every attack has a gradient to follow
+        nn.init.normal_(p, std=0.5)
+    q_net = nn.Sequential(nn.Linear(obs_dim + act_dim, 16), nn.Tanh(), nn.Linear(16, 1))
+    q = lambda s, a: q_net(torch.cat([s, a], -1))
+    obs = torch.randn(batch, obs_dim) * float(g.uniform(0.1, 5))
+    return agent, q, obs
+
+
+def all_attacks(agent, q, obs, eps):
+    return {
+        "random": attacks.random(agent, obs, eps),
+        "critic": attacks.critic(agent, obs, eps),
+        "mad": attacks.mad(agent, obs, eps),
+        "mad_beta1": attacks.mad(agent, obs, eps, beta=1.0, normalize_sigma=True),
+        "q_pgd": attacks.q_pgd(agent, obs, eps, q),
+    }
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("eps", [0.0, 0.01, 0.3, 2.0])
+def test_every_attack_stays_in_the_ball(seed, eps):
+    agent, q, obs = random_setting(seed)
+    for name, x in all_attacks(agent, q, obs, eps).items():
+        assert x.shape == obs.shape and x.dtype == obs.dtype, name
+        assert not x.requires_grad, name
+        if eps == 0:
+            assert torch.equal(x, obs), name
+        else:
+            assert (x <= obs + eps).all() and (x >= obs - eps).all(), name
+            assert (x != obs).any(), name  # and it does perturb
+
+
+def test_negative_eps_is_refused():
+    agent, q, obs = random_setting(0)
+    for fn in (attacks.random, attacks.critic, attacks.mad):
+        with pytest.raises(ValueError):
+            fn(agent, obs, -0.1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mad_raises_kl_and_critic_lowers_value_more_than_random(seed):
+    agent, q, obs = random_setting(seed)
+    obs = torch.randn(256, obs.shape[1])
+    eps = 0.1
+    torch.manual_seed(seed)
+    x_rand = attacks.random(agent, obs, eps)
+    kl_rand = attacks.kl_divergence(agent, obs, x_rand).mean()
+    kl_mad = attacks.kl_divergence(agent, obs, attacks.mad(agent, obs, eps)).mean()
+    assert kl_mad > 1.5 * kl_rand
+    with torch.no_grad():
+        v_rand = agent.get_value(x_rand).mean()
+        v_critic = agent.get_value(attacks.critic(agent, obs, eps)).mean()
+        q_rand = q(obs, agent.actor_mean(x_rand)).mean()
+        q_attack = q(obs, agent.actor_mean(attacks.q_pgd(agent, obs, eps, q))).mean()
+    assert v_critic < v_rand
+    assert q_attack < q_rand
+
+
+def test_robust_sarsa_reduces_td_loss():
+    import evaluate
+
+    torch.manual_seed(0)
+    agent = Agent(11, 3)
+    rms = {"mean": torch.zeros(11, dtype=torch.float64), "var": torch.ones(11, dtype=torch.float64), "count": 1.0}
+    data = evaluate.collect_sarsa_data(agent, "Hopper-v5", rms, steps=2000, num_envs=4)
+    s, a, r, s2, a2, term = data
+    assert len(s) > 1500 and s.shape[1] == 11 and a.shape[1] == 3 and term.sum() > 0
+    q_net, history = evaluate.train_robust_sarsa(agent, data, rs_eps=0.02, rs_reg=0.1, epochs=15, batch_size=64)
+    assert history[-1] < 0.7 * history[0]  # history[0]: TD loss of the initial Q over the whole data set
+    assert not any(p.requires_grad for p in q_net.parameters())
+
+
+def test_evaluate_all_attacks_table_json_and_rs_cache(tiny_spo_checkpoint, tmp_path):
+    out = tmp_path / "eval.json"
+    cmd = [tiny_spo_checkpoint, "--attacks", "all", "--num-episodes", "3", "--rs-steps", "600", "--rs-epochs", "2", "--output", out]
+    proc = run_script("evaluate.py", *cmd)
+    report = json.loads(out.read_text())
+    means = {k: v["mean"] for k, v in report["results"].items()}
+    assert set(means) == {"natural", "random", "critic", "mad", "rs"}
+    assert report["epsilon"] == 0.075  # Hopper's default
+    assert report["worst_case"] == min(means.values())
+    assert report["robustness"] == pytest.approx((report["worst_case"] - means["natural"]) / means["natural"])
+    for name in means:
+        assert f"| {name} |" in proc.stdout
+    assert "worst case" in proc.stdout
+    assert list(tiny_spo_checkpoint.parent.glob("rs_q_*.pt"))
+    proc = run_script("evaluate.py", *cmd[:-2], "--attacks", "rs", "--output", tmp_path / "again.json")
+    assert "reusing" in proc.stdout
+
+
+def test_evaluate_bad_attack_and_bad_eps(tiny_spo_checkpoint):
+    assert_one_line_error(run_script("evaluate.py", tiny_spo_checkpoint, "--attacks", "fgsm", check=False), "fgsm")
+    assert_one_line_error(run_script("evaluate.py", tiny_spo_checkpoint, "--epsilon", "-0.1", check=False), "epsilon")
+
+
+def test_capture_video_records_or_says_what_to_install(tiny_spo_checkpoint, tmp_path):
+    proc = run_script("evaluate.py", tiny_spo_checkpoint, "--num-episodes", "2", "--capture-video", "--video-episodes", "1",
+                      "--video-frames", "5", "--video-size", "64", "--output", tmp_path / "v.json", check=False)
+    if proc.returncode == 0:
+        import os
+        from conftest import REPO
+        videos = os.path.join(REPO, "videos", tiny_spo_checkpoint.parent.name)
+        assert any(f.endswith(".mp4") for f in os.listdir(videos))
+    else:
+        assert_one_line_error(proc, "libosmesa6")

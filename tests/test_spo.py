@@ -1,0 +1,116 @@
+"""spo_ppo.py as a user runs it: smoke run + evaluation, determinism, bad input, checkpoint round trip."""
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, assert_one_line_error, read_scalars, run_script
+
+
+def test_smoke_train_then_evaluate(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_script("spo_ppo.py", *TINY, "--run-dir", run_dir, "--save-every", "1")
+    assert "iter 2/2" in proc.stdout
+    ckpt = torch.load(run_dir / "agent.pt", weights_only=True)
+    assert ckpt["env_id"] == "Hopper-v5" and ckpt["global_step"] == 128 and ckpt["obs_shape"] == [11]
+    assert ckpt["obs_rms"]["count"] > 64  # the normaliser saw the rollout
+    scalars = read_scalars(str(run_dir))
+    for tag in ["losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac",
+                "losses/explained_variance", "charts/SPS", "charts/learning_rate"]:
+        assert len(scalars[tag]) == 2, tag
+
+    out = tmp_path / "eval.json"
+    proc = run_script("evaluate.py", run_dir / "agent.pt", "--num-episodes", "4", "--output", out)
+    report = json.loads(out.read_text())
+    natural = report["results"]["natural"]
+    assert len(natural["returns"]) == 4 and natural["length_mean"] >= 1
+    assert abs(natural["mean"] - np.mean(natural["returns"])) < 1e-6
+    assert "| natural |" in proc.stdout
+
+
+def test_same_seed_same_first_iteration(tmp_path):
+    def first_iteration(run):
+        run_script("spo_ppo.py", *TINY, "--seed", "7", "--run-dir", tmp_path / run)
+        s = read_scalars(str(tmp_path / run))
+        return [s[tag][0][1] for tag in ["losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/entropy"]]
+
+    a, b = first_iteration("a"), first_iteration("b")
+    assert a == b
+    run_script("spo_ppo.py", *TINY, "--seed", "8", "--run-dir", tmp_path / "c")
+    c = read_scalars(str(tmp_path / "c"))["losses/value_loss"][0][1]
+    assert c != a[1]  # and the seed matters
+
+
+def test_unknown_env_id_is_one_line_error(tmp_path):
+    proc = run_script("spo_ppo.py", "--env-id", "NoSuchEnv-v0", "--run-dir", tmp_path / "x", check=False)
+    assert_one_line_error(proc, "NoSuchEnv-v0")
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_checkpoint_is_not_overwritten(tiny_spo_checkpoint):
+    before = tiny_spo_checkpoint.read_bytes()
+    proc = run_script("spo_ppo.py", *TINY, "--run-dir", tiny_spo_checkpoint.parent, check=False)
+    assert_one_line_error(proc, "already exists")
+    assert tiny_spo_checkpoint.read_bytes() == before
+
+
+def test_evaluate_missing_checkpoint(tmp_path):
+    proc = run_script("evaluate.py", tmp_path / "nope.pt", check=False)
+    assert_one_line_error(proc, "does not exist")
+
+
+def test_evaluate_refuses_other_env_and_other_obs_size(tiny_spo_checkpoint, tmp_path):
+    proc = run_script("evaluate.py", tiny_spo_checkpoint, "--env-id", "Walker2d-v5", check=False)
+    assert_one_line_error(proc, "Hopper-v5", "Walker2d-v5")
+    # a checkpoint that claims Walker2d but holds an 11-d Hopper policy: the obs size check must catch it
+    ckpt = torch.load(tiny_spo_checkpoint, weights_only=True)
+    ckpt["env_id"] = "Walker2d-v5"
+    torch.save(ckpt, tmp_path / "doctored.pt")
+    proc = run_script("evaluate.py", tmp_path / "doctored.pt", check=False)
+    assert_one_line_error(proc, "[11]", "[17]")
+
+
+def test_checkpoint_round_trip(tmp_path):
+    """Saved and reloaded policy act identically on the same normalised observations, and the reloaded
+    observation pipeline normalises a raw observation exactly as the training pipeline did."""
+    import evaluate
+    import spo_ppo
+
+    torch.manual_seed(0)
+    args = spo_ppo.Args(env_id="Hopper-v5", num_envs=2)
+    envs = gym.vector.SyncVectorEnv([spo_ppo.make_env("Hopper-v5", 0.99) for _ in range(2)],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs.reset(seed=0)
+    for _ in range(300):
+        envs.step(envs.action_space.sample())
+    agent = spo_ppo.Agent(11, 3, 64, init_logstd=-0.5)
+    optimizer = torch.optim.Adam(agent.parameters())
+    path = str(tmp_path / "agent.pt")
+    spo_ppo.save_checkpoint(path, agent, optimizer, envs, args, 600, 1)
+
+    loaded, ckpt = evaluate.load_checkpoint(path)
+    x = torch.randn(32, 11)
+    with torch.no_grad():
+        assert torch.equal(agent.actor_mean(x), loaded.actor_mean(x))
+        assert torch.equal(agent.get_value(x), loaded.get_value(x))
+    assert torch.equal(agent.actor_logstd, loaded.actor_logstd)
+
+    mean, var, count = spo_ppo.merged_obs_rms(envs)
+    assert np.array_equal(ckpt["obs_rms"]["mean"].numpy(), mean)
+    assert np.array_equal(ckpt["obs_rms"]["var"].numpy(), var) and ckpt["obs_rms"]["count"] == count
+    # two sub-envs: the merged statistics equal those of all observations either normaliser saw
+    rms = [e.get_wrapper_attr("obs_rms") for e in envs.envs]
+    assert count == pytest.approx(rms[0].count + rms[1].count)
+    assert np.allclose(mean, (rms[0].mean * rms[0].count + rms[1].mean * rms[1].count) / count)
+
+    eval_env = evaluate.make_eval_env("Hopper-v5", ckpt["obs_rms"])()
+    raw_env = gym.make("Hopper-v5")
+    obs, _ = eval_env.reset(seed=3)
+    raw, _ = raw_env.reset(seed=3)
+    expected = np.clip((raw - mean) / np.sqrt(var + 1e-8), -10, 10).astype(np.float32)
+    assert np.array_equal(obs, expected)
+    for _ in range(5):  # the statistics stay frozen during evaluation
+        eval_env.step(eval_env.action_space.sample())
+    assert np.array_equal(eval_env.get_wrapper_attr("obs_rms").mean, mean)
