@@ -12,6 +12,7 @@ arguments are the `Agent` of the training scripts: `agent.actor_mean(x)`, `agent
     critic  PGD that minimises the victim's own value estimate V(s')
     mad     KL-SGLD: maximise KL(pi(.|s) || pi(.|s')) -- the MAD attack and BARPO's inner adversary
     q_pgd   PGD that minimises Q(s, mu(s')) for a learned Q (the attack step of Robust Sarsa)
+    pgd     the projected sign-gradient solver behind critic and q_pgd (and ARPO's inner adversary)
 """
 import torch
 
@@ -34,18 +35,25 @@ def random(agent, obs, eps, **_):
     return project(obs + eps * (2 * torch.rand_like(obs) - 1), obs, eps).detach()
 
 
-def critic(agent, obs, eps, steps=10, step_size=None, **_):
-    """PGD minimising the critic's value V(s') from a uniform random start in the ball."""
+def pgd(obs, eps, objective, steps=10, step_size=None, maximise=False):
+    """Projected sign-gradient descent on objective(x) -> scalar (ascent if maximise), from a uniform random
+    start in the ball: the solver behind critic, q_pgd and ARPO's inner adversary."""
     _check(obs, eps, steps)
     eta = eps / steps if step_size is None else step_size
+    direction = 1.0 if maximise else -1.0
     obs = obs.detach()
     x = project(obs + eps * (2 * torch.rand_like(obs) - 1), obs, eps)
     for _ in range(steps):
         x.requires_grad_(True)
         with torch.enable_grad():  # attacks may be called under torch.no_grad()
-            (grad,) = torch.autograd.grad(agent.get_value(x).sum(), x)
-        x = project(x.detach() - eta * grad.sign(), obs, eps)
+            (grad,) = torch.autograd.grad(objective(x), x)
+        x = project(x.detach() + direction * eta * grad.sign(), obs, eps)
     return x.detach()
+
+
+def critic(agent, obs, eps, steps=10, step_size=None, **_):
+    """PGD minimising the critic's value V(s') from a uniform random start in the ball."""
+    return pgd(obs, eps, lambda x: agent.get_value(x).sum(), steps, step_size)
 
 
 def mad(agent, obs, eps, steps=10, step_size=None, beta=1e-5, normalize_sigma=False, **_):
@@ -81,16 +89,8 @@ def q_pgd(agent, obs, eps, q_net, steps=10, step_size=None, **_):
 
     q_net(obs, action) -> (B, 1) is the victim's learned action-value; the state argument stays clean,
     only the policy's input is perturbed."""
-    _check(obs, eps, steps)
-    eta = eps / steps if step_size is None else step_size
     obs = obs.detach()
-    x = project(obs + eps * (2 * torch.rand_like(obs) - 1), obs, eps)
-    for _ in range(steps):
-        x.requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(q_net(obs, agent.actor_mean(x)).sum(), x)
-        x = project(x.detach() - eta * grad.sign(), obs, eps)
-    return x.detach()
+    return pgd(obs, eps, lambda x: q_net(obs, agent.actor_mean(x)).sum(), steps, step_size)
 
 
 def kl_divergence(agent, obs, obs_adv):

@@ -1,0 +1,461 @@
+"""BARPO: bilevel adversarially robust policy optimisation, PPO flavour (CleanRL style, gymnasium 1.x).
+
+Objective (Li et al., ICLR 2026): the agent acts on an adversarially perturbed observation, and the
+adversary is the *mild* one that moves the action distribution most, not the value-minimising one:
+
+    max_θ  V^{π_θ ∘ ν◇(θ)}   s.t.   ν◇(s; θ) = argmax_{s' ∈ B_ε(s)}  KL( π_θ(·|s) ‖ π_θ(·|s') )
+
+The KL is a first-order surrogate of the value gap; unlike the strongest adversary (arpo_ppo.py) it does
+not tear the landscape into valleys of robust-but-poor stationary policies, and the global optimum is the
+same. SPO guidance adds the clean PPO term with weight κ.
+
+Pseudocode, one iteration (everything untagged is spo_ppo.py line for line):
+    roll out num_steps with π_θ on the clean states, store (s, a, log π_old(a|s), r, done, V(s));  GAE
+    ε_t = ε · min(1, iteration / (eps_warmup · num_iterations))                      # BARPO: ε schedule
+    for update_epochs: for each minibatch:
+        s̃ = KL-SGLD(s; θ, ε_t)   (attacks.mad: K sign-gradient Langevin steps on Σ_j ((μ(s')-μ(s))/σ)_j²,
+                                 start s + η·sign(ξ), step η = ε_t/K, β = 1e-5; detached: no gradient through s̃)
+        L = L_clip(s̃) + κ · L_clip(s) − ent_coef·H + vf_coef·L_V(s)                  # BARPO: outer loss
+        L_clip(x) = mean_i max(−r_i(x)Â_i, −clip(r_i(x), 1±0.2)Â_i),  r_i(x) = π_θ(a_i|x) / π_old(a_i|s_i)
+    (old log-probs always from the clean state; the critic is trained on clean states, as in SPO)
+
+Flags that matter: --epsilon (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah 0.15, Ant 0.15),
+--kappa (default 1.0; 0 is "BARPO w/o guidance"), --inner-steps, --inner-beta, --eps-warmup.
+
+Our reconstruction (the authors have not released code; see SPEC.md): the default κ = 1.0, the linear ε
+warm-up over the first 75% of updates, and solving the inner problem afresh on every minibatch at the
+current θ. The inner solver is attacks.mad, the same function the MAD evaluation attack calls.
+Checkpoints have the format of spo_ppo.py, so evaluate.py works unchanged.
+"""
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.optim as optim
+import tyro
+from torch.distributions.normal import Normal
+from torch.utils.tensorboard import SummaryWriter
+
+import attacks
+
+
+# BARPO: default l_inf radius per env in normalised observation units (community standard since SA-PPO)
+DEFAULT_EPSILON = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory name)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    threads: int = 1
+    """torch CPU threads; 1 is fastest for 64-sample minibatches (use the second core for a second run)"""
+    run_dir: Optional[str] = None
+    """where TensorBoard logs and checkpoints go (default: runs/{env_id}__{exp_name}__{seed}__{unix time})"""
+    save_every: int = 0
+    """also write the checkpoint every N iterations (0: only at the end)"""
+
+    # Algorithm specific arguments
+    env_id: str = "Hopper-v5"
+    """the id of the gymnasium environment"""
+    total_timesteps: int = 1000000
+    """total timesteps of the experiment"""
+    learning_rate: float = 3e-4
+    """the learning rate of the policy (actor mean and log-std)"""
+    value_learning_rate: Optional[float] = None
+    """the learning rate of the critic (default: same as --learning-rate)"""
+    num_envs: int = 1
+    """the number of parallel game environments"""
+    num_steps: int = 2048
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = True
+    """toggle learning rate annealing for policy and value networks"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 32
+    """the number of mini-batches"""
+    update_epochs: int = 10
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """toggles advantages normalization (per minibatch)"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """toggles whether or not to use a clipped loss for the value function, as per the paper"""
+    ent_coef: float = 0.0
+    """coefficient of the entropy"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: Optional[float] = None
+    """the target KL divergence threshold (early stop of the epoch loop)"""
+    init_logstd: float = 0.0
+    """initial value of the state-independent log-std (HalfCheetah in the literature: log 0.5)"""
+    hidden_size: int = 64
+    """width of the two tanh hidden layers of actor and critic"""
+
+    # BARPO: the inner adversary and the outer loss
+    epsilon: Optional[float] = None
+    """l_inf radius of the adversary, normalised obs units (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah/Ant 0.15)"""
+    kappa: float = 1.0
+    """weight of the SPO guidance term kappa * L_clip(clean s) (0: BARPO without guidance)"""
+    inner_steps: int = 10
+    """steps K of the inner solver"""
+    inner_step_size: Optional[float] = None
+    """step size of the inner solver (default: current epsilon / inner_steps)"""
+    inner_beta: float = 1e-5
+    """temperature beta of the KL-SGLD inner solver (start noise N(0, 2 eta beta), Langevin noise per step)"""
+    eps_warmup: float = 0.75
+    """epsilon rises linearly from 0 to --epsilon over this fraction of the updates, then stays (0: no warm-up)"""
+
+    # to be filled in runtime
+    batch_size: int = 0
+    """the batch size (computed in runtime)"""
+    minibatch_size: int = 0
+    """the mini-batch size (computed in runtime)"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+def make_env(env_id, gamma):
+    def thunk():
+        env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)  # raw returns, before any normalisation
+        env = gym.wrappers.ClipAction(env)
+        env = gym.wrappers.NormalizeObservation(env)
+        env = gym.wrappers.TransformObservation(env, lambda obs: np.clip(obs, -10, 10), env.observation_space)
+        env = gym.wrappers.NormalizeReward(env, gamma=gamma)
+        env = gym.wrappers.TransformReward(env, lambda reward: np.clip(reward, -10, 10))
+        return env
+
+    return thunk
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    def __init__(self, obs_dim, act_dim, hidden_size=64, init_logstd=0.0):
+        super().__init__()
+        self.critic = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, hidden_size)),
+            nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, hidden_size)),
+            nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, 1), std=1.0),
+        )
+        self.actor_mean = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, hidden_size)),
+            nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, hidden_size)),
+            nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, act_dim), std=0.01),
+        )
+        self.actor_logstd = nn.Parameter(torch.full((1, act_dim), float(init_logstd)))
+
+    def get_value(self, x):
+        return self.critic(x)
+
+    def get_action_and_value(self, x, action=None):
+        action_mean = self.actor_mean(x)
+        action_std = torch.exp(self.actor_logstd.expand_as(action_mean))
+        probs = Normal(action_mean, action_std)
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
+
+
+def clipped_surrogate(newlogprob, oldlogprob, advantages, clip_coef):
+    """Per-sample PPO clipped policy loss -min(r·Â, clip(r, 1±c)·Â) with r = exp(newlogprob - oldlogprob)."""
+    ratio = (newlogprob - oldlogprob).exp()
+    return torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef))
+
+
+def merged_obs_rms(envs):
+    """The observation normaliser statistics (one per sub-env, merged if num_envs > 1): part of the agent."""
+    rms = envs.envs[0].get_wrapper_attr("obs_rms")
+    mean, var, count = rms.mean.copy(), rms.var.copy(), float(rms.count)
+    for env in envs.envs[1:]:  # parallel-variance merge (Chan et al.)
+        other = env.get_wrapper_attr("obs_rms")
+        delta, total = other.mean - mean, count + other.count
+        var = (var * count + other.var * other.count + delta**2 * count * other.count / total) / total
+        mean, count = mean + delta * other.count / total, total
+    return mean, var, count
+
+
+def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
+    """Self-describing checkpoint; written to a temporary file first so a crash never leaves half a file."""
+    import mujoco
+
+    mean, var, count = merged_obs_rms(envs)
+    checkpoint = {
+        "algo": "barpo",
+        "env_id": args.env_id,
+        "obs_shape": list(envs.single_observation_space.shape),
+        "action_shape": list(envs.single_action_space.shape),
+        "hidden_size": args.hidden_size,
+        "agent": agent.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "obs_rms": {"mean": torch.from_numpy(mean), "var": torch.from_numpy(var), "count": count},
+        "obs_clip": 10.0,
+        "args": vars(args),
+        "global_step": global_step,
+        "iteration": iteration,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),
+            "gymnasium": gym.__version__,
+            "mujoco": mujoco.__version__,
+            "numpy": np.__version__,
+        },
+    }
+    torch.save(checkpoint, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    try:
+        gym.spec(args.env_id)
+    except gym.error.Error as e:
+        raise SystemExit(f"error: unknown --env-id {args.env_id!r}: {e}")
+    if args.total_timesteps <= 0 or args.num_steps <= 0 or args.num_envs <= 0:
+        raise SystemExit("error: --total-timesteps, --num-steps and --num-envs must be positive")
+    # BARPO: validate the adversary's flags; epsilon defaults per env
+    if args.epsilon is None:
+        args.epsilon = next((e for prefix, e in DEFAULT_EPSILON.items() if args.env_id.startswith(prefix)), None)
+        if args.epsilon is None:
+            raise SystemExit(f"error: no default --epsilon for {args.env_id}; pass one")
+    if not args.epsilon >= 0:
+        raise SystemExit(f"error: --epsilon must be >= 0, got {args.epsilon}")
+    if not args.kappa >= 0:
+        raise SystemExit(f"error: --kappa must be >= 0, got {args.kappa}")
+    if args.inner_steps < 1 or not 0 <= args.eps_warmup <= 1:
+        raise SystemExit("error: --inner-steps must be >= 1 and --eps-warmup in [0, 1]")
+    args.batch_size = int(args.num_envs * args.num_steps)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+    if args.minibatch_size < 1:
+        raise SystemExit("error: --num-minibatches is larger than the batch (num_envs * num_steps)")
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = args.run_dir or os.path.join("runs", run_name)
+    ckpt_path = os.path.join(run_dir, "agent.pt")
+    if os.path.exists(ckpt_path):
+        raise SystemExit(f"error: {ckpt_path} already exists; choose another --run-dir")
+    writer = SummaryWriter(run_dir)
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+    )
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.threads)
+
+    # env setup (SAME_STEP: a done step returns the next episode's first obs, no fake transition)
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, args.gamma) for _ in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    assert isinstance(envs.single_action_space, gym.spaces.Box), "only continuous action space is supported"
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    act_dim = int(np.prod(envs.single_action_space.shape))
+
+    agent = Agent(obs_dim, act_dim, args.hidden_size, args.init_logstd)
+    value_lr = args.value_learning_rate if args.value_learning_rate is not None else args.learning_rate
+    optimizer = optim.Adam(
+        [
+            {"params": list(agent.actor_mean.parameters()) + [agent.actor_logstd], "lr": args.learning_rate},
+            {"params": agent.critic.parameters(), "lr": value_lr},
+        ],
+        eps=1e-5,
+    )
+    initial_lrs = [args.learning_rate, value_lr]
+
+    # ALGO Logic: Storage setup (numpy buffers; the rollout runs under torch.inference_mode)
+    obs = np.zeros((args.num_steps, args.num_envs, obs_dim), dtype=np.float32)
+    actions = np.zeros((args.num_steps, args.num_envs, act_dim), dtype=np.float32)
+    logprobs = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    values = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+
+    # TRY NOT TO MODIFY: start the game
+    global_step = 0
+    start_time = time.time()
+    next_obs, _ = envs.reset(seed=args.seed)
+    next_obs = next_obs.astype(np.float32)
+    next_done = np.zeros(args.num_envs, dtype=np.float32)
+    recent_returns = []
+
+    for iteration in range(1, args.num_iterations + 1):
+        # Annealing the rate if instructed to do so.
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            for group, lr in zip(optimizer.param_groups, initial_lrs):
+                group["lr"] = frac * lr
+        # BARPO: epsilon schedule: linear warm-up over the first eps_warmup of the updates, then constant
+        warmup_iterations = args.eps_warmup * args.num_iterations
+        eps_t = args.epsilon * (min(1.0, iteration / warmup_iterations) if warmup_iterations > 0 else 1.0)
+
+        with torch.inference_mode():
+            for step in range(0, args.num_steps):
+                global_step += args.num_envs
+                obs[step] = next_obs
+                dones[step] = next_done
+
+                action, logprob, _, value = agent.get_action_and_value(torch.from_numpy(next_obs))
+                values[step] = value.flatten().numpy()
+                actions[step] = action.numpy()
+                logprobs[step] = logprob.numpy()
+
+                next_obs, reward, terminations, truncations, infos = envs.step(actions[step])
+                next_obs = next_obs.astype(np.float32)
+                next_done = np.logical_or(terminations, truncations).astype(np.float32)
+                rewards[step] = reward
+
+                if "final_info" in infos:
+                    finished = infos["final_info"]["_episode"]
+                    for r, l in zip(infos["final_info"]["episode"]["r"][finished], infos["final_info"]["episode"]["l"][finished]):
+                        writer.add_scalar("charts/episodic_return", r, global_step)
+                        writer.add_scalar("charts/episodic_length", l, global_step)
+                        recent_returns = (recent_returns + [float(r)])[-10:]
+
+            # bootstrap value if not done
+            next_value = agent.get_value(torch.from_numpy(next_obs)).flatten().numpy()
+        advantages = np.zeros_like(rewards)
+        lastgaelam = 0
+        for t in reversed(range(args.num_steps)):
+            if t == args.num_steps - 1:
+                nextnonterminal = 1.0 - next_done
+                nextvalues = next_value
+            else:
+                nextnonterminal = 1.0 - dones[t + 1]
+                nextvalues = values[t + 1]
+            delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+            advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+        returns = advantages + values
+
+        # flatten the batch
+        b_obs = torch.from_numpy(obs.reshape(-1, obs_dim))
+        b_logprobs = torch.from_numpy(logprobs.reshape(-1))
+        b_actions = torch.from_numpy(actions.reshape(-1, act_dim))
+        b_advantages = torch.from_numpy(advantages.reshape(-1))
+        b_returns = torch.from_numpy(returns.reshape(-1))
+        b_values = torch.from_numpy(values.reshape(-1))
+
+        # Optimizing the policy and value network
+        b_inds = np.arange(args.batch_size)
+        clipfracs = []
+        for epoch in range(args.update_epochs):
+            np.random.shuffle(b_inds)
+            for start in range(0, args.batch_size, args.minibatch_size):
+                end = start + args.minibatch_size
+                mb_inds = b_inds[start:end]
+                mb_obs = b_obs[mb_inds]
+
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_obs, b_actions[mb_inds])
+                logratio = newlogprob - b_logprobs[mb_inds]
+                ratio = logratio.exp()
+
+                with torch.no_grad():
+                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                    old_approx_kl = (-logratio).mean()
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+
+                mb_advantages = b_advantages[mb_inds]
+                if args.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                # BARPO: inner adversary nu◇(s; θ) = argmax_{s' in B_eps(s)} KL(pi_θ(.|s) || pi_θ(.|s')) by KL-SGLD,
+                # solved at the current θ and held fixed (detached): no gradient flows through s̃
+                mb_obs_adv = attacks.mad(agent, mb_obs, eps_t, steps=args.inner_steps, step_size=args.inner_step_size, beta=args.inner_beta)
+                _, advlogprob, _, _ = agent.get_action_and_value(mb_obs_adv, b_actions[mb_inds])
+
+                # Policy loss
+                # BARPO: L_clip at the adversarial state (old log-probs from the clean state) + kappa * SPO guidance
+                pg_loss_adv = clipped_surrogate(advlogprob, b_logprobs[mb_inds], mb_advantages, args.clip_coef).mean()
+                pg_loss_clean = clipped_surrogate(newlogprob, b_logprobs[mb_inds], mb_advantages, args.clip_coef).mean()
+                pg_loss = pg_loss_adv + args.kappa * pg_loss_clean
+
+                # Value loss
+                newvalue = newvalue.view(-1)
+                if args.clip_vloss:
+                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+                    v_clipped = b_values[mb_inds] + torch.clamp(
+                        newvalue - b_values[mb_inds],
+                        -args.clip_coef,
+                        args.clip_coef,
+                    )
+                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                    v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
+                    v_loss = 0.5 * v_loss_max.mean()
+                else:
+                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+                entropy_loss = entropy.mean()
+                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                if not torch.isfinite(loss):
+                    raise SystemExit(f"error: non-finite loss at iteration {iteration}; stopping without writing a checkpoint")
+
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                optimizer.step()
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+
+        y_pred, y_true = b_values.numpy(), b_returns.numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        sps = int(global_step / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        # BARPO: how much more the inner solver moves the policy than random noise of the same size (last minibatch)
+        kl_inner = attacks.kl_divergence(agent, mb_obs, mb_obs_adv).mean().item()
+        kl_random = attacks.kl_divergence(agent, mb_obs, attacks.random(agent, mb_obs, eps_t)).mean().item()
+        writer.add_scalar("adversary/epsilon", eps_t, global_step)
+        writer.add_scalar("adversary/kl_inner", kl_inner, global_step)
+        writer.add_scalar("adversary/kl_random", kl_random, global_step)
+        writer.add_scalar("losses/policy_loss_adv", pg_loss_adv.item(), global_step)
+        writer.add_scalar("losses/policy_loss_clean", pg_loss_clean.item(), global_step)
+        recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
+        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} return(last 10) {recent} eps {eps_t:.4f} KL inner/random {kl_inner:.2e}/{kl_random:.2e}", flush=True)
+
+        if args.save_every > 0 and iteration % args.save_every == 0:
+            save_checkpoint(ckpt_path, agent, optimizer, envs, args, global_step, iteration)
+
+    save_checkpoint(ckpt_path, agent, optimizer, envs, args, global_step, args.num_iterations)
+    print(f"saved {ckpt_path}")
+    envs.close()
+    writer.close()
