@@ -62,6 +62,8 @@ class Args:
     """where TensorBoard logs and checkpoints go (default: runs/{env_id}__{exp_name}__{seed}__{unix time})"""
     save_every: int = 0
     """also write the checkpoint every N iterations (0: only at the end)"""
+    resume: bool = False
+    """continue from --run-dir's checkpoint if there is one (a killed run loses at most --save-every iterations)"""
 
     # Algorithm specific arguments
     env_id: str = "Hopper-v5"
@@ -204,23 +206,23 @@ def arpo_inner(agent, obs, actions, oldlogprob, advantages, eps, steps, step_siz
     return attacks.pgd(obs, eps, steps=steps, step_size=step_size, maximise=True, actor_mean=agent.actor_mean, head_grad=ppo_loss_grad)
 
 
-def merged_obs_rms(envs):
-    """The observation normaliser statistics (one per sub-env, merged if num_envs > 1): part of the agent."""
-    rms = envs.envs[0].get_wrapper_attr("obs_rms")
+def merged_rms(envs, name):
+    """Running statistics `name` (obs_rms or return_rms) of the sub-envs' normalisers, merged if num_envs > 1.
+    The observation statistics are part of the agent: evaluation must normalise with them."""
+    rms = envs.envs[0].get_wrapper_attr(name)
     mean, var, count = rms.mean.copy(), rms.var.copy(), float(rms.count)
     for env in envs.envs[1:]:  # parallel-variance merge (Chan et al.)
-        other = env.get_wrapper_attr("obs_rms")
+        other = env.get_wrapper_attr(name)
         delta, total = other.mean - mean, count + other.count
         var = (var * count + other.var * other.count + delta**2 * count * other.count / total) / total
         mean, count = mean + delta * other.count / total, total
-    return mean, var, count
+    return {"mean": torch.as_tensor(mean), "var": torch.as_tensor(var), "count": count}
 
 
 def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
     """Self-describing checkpoint; written to a temporary file first so a crash never leaves half a file."""
     import mujoco
 
-    mean, var, count = merged_obs_rms(envs)
     checkpoint = {
         "algo": "arpo",
         "env_id": args.env_id,
@@ -229,7 +231,8 @@ def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
         "hidden_size": args.hidden_size,
         "agent": agent.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "obs_rms": {"mean": torch.from_numpy(mean), "var": torch.from_numpy(var), "count": count},
+        "obs_rms": merged_rms(envs, "obs_rms"),
+        "return_rms": merged_rms(envs, "return_rms"),  # only needed to resume training
         "obs_clip": 10.0,
         "args": vars(args),
         "global_step": global_step,
@@ -273,8 +276,8 @@ if __name__ == "__main__":
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = args.run_dir or os.path.join("runs", run_name)
     ckpt_path = os.path.join(run_dir, "agent.pt")
-    if os.path.exists(ckpt_path):
-        raise SystemExit(f"error: {ckpt_path} already exists; choose another --run-dir")
+    if os.path.exists(ckpt_path) and not args.resume:
+        raise SystemExit(f"error: {ckpt_path} already exists; choose another --run-dir (or --resume)")
     writer = SummaryWriter(run_dir)
     writer.add_text(
         "hyperparameters",
@@ -317,15 +320,37 @@ if __name__ == "__main__":
     dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
     values = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
 
+    # Resume: weights, optimizer, normalisers and counters from the last checkpoint; the episode in flight is
+    # lost (envs restart) and the random streams are reseeded with seed + iteration, so a resumed run is
+    # reproducible but not bit-identical to an uninterrupted one.
+    start_iteration, global_step = 1, 0
+    if args.resume and os.path.exists(ckpt_path):
+        checkpoint = torch.load(ckpt_path, weights_only=True)
+        if checkpoint["env_id"] != args.env_id or checkpoint["args"]["num_iterations"] != args.num_iterations:
+            raise SystemExit(f"error: {ckpt_path} is from another run (env or budget differs); cannot resume it")
+        agent.load_state_dict(checkpoint["agent"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        for env in envs.envs:
+            for name in ("obs_rms", "return_rms"):
+                rms, saved = env.get_wrapper_attr(name), checkpoint[name]
+                rms.mean, rms.var, rms.count = saved["mean"].numpy().copy(), saved["var"].numpy().copy(), saved["count"]
+        start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
+        if start_iteration > args.num_iterations:
+            print(f"{ckpt_path} is complete ({global_step} steps); nothing to resume")
+            raise SystemExit(0)
+        random.seed(args.seed + start_iteration)
+        np.random.seed(args.seed + start_iteration)
+        torch.manual_seed(args.seed + start_iteration)
+        print(f"resuming {ckpt_path} at iteration {start_iteration}/{args.num_iterations}", flush=True)
+
     # TRY NOT TO MODIFY: start the game
-    global_step = 0
-    start_time = time.time()
-    next_obs, _ = envs.reset(seed=args.seed)
+    start_step, start_time = global_step, time.time()
+    next_obs, _ = envs.reset(seed=args.seed + start_iteration - 1)
     next_obs = next_obs.astype(np.float32)
     next_done = np.zeros(args.num_envs, dtype=np.float32)
     recent_returns = []
 
-    for iteration in range(1, args.num_iterations + 1):
+    for iteration in range(start_iteration, args.num_iterations + 1):
         # Annealing the rate if instructed to do so.
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
@@ -453,7 +478,7 @@ if __name__ == "__main__":
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
-        sps = int(global_step / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)

@@ -97,7 +97,8 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(agent.get_value(x), loaded.get_value(x))
     assert torch.equal(agent.actor_logstd, loaded.actor_logstd)
 
-    mean, var, count = spo_ppo.merged_obs_rms(envs)
+    merged = spo_ppo.merged_rms(envs, "obs_rms")
+    mean, var, count = merged["mean"].numpy(), merged["var"].numpy(), merged["count"]
     assert np.array_equal(ckpt["obs_rms"]["mean"].numpy(), mean)
     assert np.array_equal(ckpt["obs_rms"]["var"].numpy(), var) and ckpt["obs_rms"]["count"] == count
     # two sub-envs: the merged statistics equal those of all observations either normaliser saw
