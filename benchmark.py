@@ -1,0 +1,318 @@
+"""Reproduction at scale: run a sweep of algorithms x envs x seeds (each followed by the full attack
+evaluation), then aggregate the evaluation JSONs into docs/results.md with plots.
+
+    python benchmark.py run --preset quick --envs Hopper-v5 Walker2d-v5 --seeds 1 2 3
+    python benchmark.py run --preset paper --emit slurm          # writes runs/sweep/sweep.slurm, runs nothing
+    python benchmark.py aggregate                                # docs/results.md + docs/figures/*.png
+
+Each run is an independent process (`--workers N`, default: number of cores, one torch thread each):
+    <script> --env-id E --seed S <preset flags> --run-dir runs/sweep/E/<algo>/s<S> --save-every K --resume
+    evaluate.py runs/sweep/E/<algo>/s<S>/agent.pt --attacks <attacks> --output .../eval.json
+A run whose eval.json exists is skipped; a killed run restarts from its last periodic checkpoint (losing at
+most --save-every iterations). `--emit slurm` writes a SLURM array script whose task i runs job i of the
+same sweep (`benchmark.py run ... --only-index i`), so a cluster runs exactly the same thing, resumably.
+
+Algorithms (the paper's four configurations plus PPO):
+    spo       spo_ppo.py                      arpo      arpo_ppo.py (kappa 0)
+    arpo_k1   arpo_ppo.py --kappa 1           barpo_k0  barpo_ppo.py --kappa 0 ("w/o guidance")
+    barpo_k1  barpo_ppo.py --kappa 1 (BARPO)
+Presets carry the per-env learning rates of the robust-RL literature (SPEC.md §3): `paper` = 2M steps
+(Ant 10M), `quick` = 500k steps (Ant 2M), same learning rates.
+"""
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import List, Literal, Optional
+
+import numpy as np
+import tyro
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+ALGOS = {
+    "spo": ("spo_ppo.py", []),
+    "arpo": ("arpo_ppo.py", ["--kappa", "0"]),
+    "arpo_k1": ("arpo_ppo.py", ["--kappa", "1"]),
+    "barpo_k0": ("barpo_ppo.py", ["--kappa", "0"]),
+    "barpo_k1": ("barpo_ppo.py", ["--kappa", "1"]),
+}
+# per-env flags of the robust-RL literature: policy / value learning rates, HalfCheetah's entropy and initial std
+ENV_FLAGS = {
+    "Hopper": ["--learning-rate", "3e-4", "--value-learning-rate", "2.5e-4"],
+    "Walker2d": ["--learning-rate", "4e-4", "--value-learning-rate", "3e-4"],
+    "HalfCheetah": ["--learning-rate", "1e-4", "--value-learning-rate", "1e-3", "--ent-coef", "1e-4", "--init-logstd", "-0.6931"],
+    "Ant": ["--learning-rate", "5e-5", "--value-learning-rate", "1e-5"],
+}
+PRESET_STEPS = {
+    "paper": {"Ant": 10_000_000, "default": 2_000_000},
+    "quick": {"Ant": 2_000_000, "default": 500_000},
+}
+# SPEC.md §7: the paper's BAR-PPO (natural / worst case), median of 17 agents, 2M steps, gym -v2
+PAPER_BARPO = {"Hopper": (3684, 1340), "Walker2d": (4732, 2699), "HalfCheetah": (4837, 3181), "Ant": (5024, 2825)}
+
+
+@dataclass
+class Run:
+    """Run (or emit) the sweep."""
+
+    algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
+    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1)"""
+    envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
+    """environment ids"""
+    seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
+    """seeds"""
+    preset: Literal["quick", "paper", "none"] = "quick"
+    """per-env hyperparameters and budgets (none: the scripts' defaults)"""
+    total_timesteps: Optional[int] = None
+    """override the preset's budget"""
+    extra: str = ""
+    """extra flags passed to every training script, written with '=': --extra="--inner-steps 5" """
+    attacks: str = "all"
+    """attacks for evaluate.py after each run"""
+    eval_episodes: int = 50
+    """episodes of each evaluation"""
+    root: str = "runs/sweep"
+    """where the runs go"""
+    workers: int = os.cpu_count() or 1
+    """runs in parallel on this machine (one torch thread each)"""
+    save_every: int = 10
+    """periodic checkpoint interval in iterations (what a killed run can lose)"""
+    emit: Optional[Literal["slurm"]] = None
+    """write a SLURM array script instead of running"""
+    only_index: Optional[int] = None
+    """run only job i of the sweep (what each SLURM array task does)"""
+    dry_run: bool = False
+    """print the commands and what would be skipped, run nothing"""
+
+
+@dataclass
+class Aggregate:
+    """Aggregate the sweep's evaluation JSONs into a markdown table and plots."""
+
+    root: str = "runs/sweep"
+    """where the runs are"""
+    output: str = "docs/results.md"
+    """the markdown report; only this root's section (between marker comments) is replaced"""
+    title: Optional[str] = None
+    """heading of this root's section (default: the root)"""
+    figures: str = "docs/figures"
+    """where the PNG plots go"""
+
+
+def env_family(env_id):
+    return env_id.split("-")[0]
+
+
+def jobs_of(args):
+    """The sweep as a list of jobs, in a fixed order (the SLURM array index is the position here)."""
+    unknown = [a for a in args.algos if a not in ALGOS]
+    if unknown:
+        raise SystemExit(f"error: unknown algorithm(s) {unknown}; choose from {sorted(ALGOS)}")
+    jobs = []
+    for env_id in args.envs:
+        family = env_family(env_id)
+        if args.preset != "none" and family not in ENV_FLAGS:
+            raise SystemExit(f"error: preset {args.preset!r} has no hyperparameters for {env_id}; use --preset none")
+        for algo in args.algos:
+            for seed in args.seeds:
+                script, algo_flags = ALGOS[algo]
+                flags = ["--env-id", env_id, "--seed", str(seed)] + algo_flags
+                if args.preset != "none":
+                    steps = PRESET_STEPS[args.preset].get(family, PRESET_STEPS[args.preset]["default"])
+                    flags += ENV_FLAGS[family] + ["--total-timesteps", str(args.total_timesteps or steps)]
+                elif args.total_timesteps:
+                    flags += ["--total-timesteps", str(args.total_timesteps)]
+                run_dir = os.path.join(args.root, env_id, algo, f"s{seed}")
+                train = [sys.executable, os.path.join(REPO, script), *flags, *args.extra.split(),
+                         "--run-dir", run_dir, "--save-every", str(args.save_every), "--resume"]
+                evaluate = [sys.executable, os.path.join(REPO, "evaluate.py"), os.path.join(run_dir, "agent.pt"),
+                            "--attacks", args.attacks, "--num-episodes", str(args.eval_episodes),
+                            "--output", os.path.join(run_dir, "eval.json")]
+                jobs.append({"name": f"{env_id}/{algo}/s{seed}", "run_dir": run_dir, "train": train, "evaluate": evaluate})
+    return jobs
+
+
+def run_job(job):
+    """Train (resuming if a checkpoint exists) then evaluate; logs go next to the run. Returns (job, ok, seconds)."""
+    t0 = time.time()
+    os.makedirs(job["run_dir"], exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for step in ("train", "evaluate"):
+        with open(os.path.join(job["run_dir"], f"{step}.log"), "a") as log:
+            proc = subprocess.run(job[step], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        if proc.returncode != 0:
+            return job, f"{step} failed (exit {proc.returncode}, see {job['run_dir']}/{step}.log)", time.time() - t0
+    return job, "ok", time.time() - t0
+
+
+def emit_slurm(args, jobs):
+    os.makedirs(args.root, exist_ok=True)
+    path = os.path.join(args.root, "sweep.slurm")
+    argv = [a for a in sys.argv[1:] if a not in ("--emit", "slurm")]
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name=barpo-sweep",
+        f"#SBATCH --array=0-{len(jobs) - 1}",
+        "#SBATCH --cpus-per-task=1",
+        "#SBATCH --mem=4G",
+        "#SBATCH --time=24:00:00",
+        f"#SBATCH --output={os.path.abspath(args.root)}/slurm-%A_%a.out",
+        "# One array task per run; each is resumable, so resubmitting the array finishes what is missing.",
+        f"cd {REPO}",
+        f"{sys.executable} benchmark.py {' '.join(argv)} --only-index $SLURM_ARRAY_TASK_ID",
+        "",
+    ]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote {path} ({len(jobs)} array tasks); submit with: sbatch {path}")
+
+
+def run(args: Run):
+    jobs = jobs_of(args)
+    if args.emit == "slurm":
+        return emit_slurm(args, jobs)
+    if args.only_index is not None:
+        if not 0 <= args.only_index < len(jobs):
+            raise SystemExit(f"error: --only-index {args.only_index} outside 0..{len(jobs) - 1}")
+        jobs = [jobs[args.only_index]]
+    todo = [j for j in jobs if not os.path.exists(os.path.join(j["run_dir"], "eval.json"))]
+    print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already complete, {len(todo)} to do with {args.workers} workers", flush=True)
+    if args.dry_run:
+        for j in todo:
+            print(" ".join(j["train"]) + "\n  " + " ".join(j["evaluate"]))
+        return
+    start, durations, failed = time.time(), [], []
+    with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        futures = [pool.submit(run_job, j) for j in todo]
+        for done, future in enumerate(as_completed(futures), 1):
+            job, status, seconds = future.result()
+            durations.append(seconds)
+            left = len(todo) - done
+            eta = np.mean(durations) * left / max(1, args.workers) if left else 0
+            print(f"[{done}/{len(todo)}] {job['name']}: {status} in {seconds / 60:.1f} min; "
+                  f"elapsed {(time.time() - start) / 60:.1f} min, ETA {eta / 60:.0f} min", flush=True)
+            if status != "ok":
+                failed.append(job["name"])
+    if failed:
+        raise SystemExit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}")
+
+
+def iqr(values):
+    q1, med, q3 = np.percentile(values, [25, 50, 75])
+    return med, q1, q3
+
+
+def load_results(root):
+    """{env_id: {algo: [report, ...]}} from root/<env>/<algo>/s<seed>/eval.json."""
+    results = {}
+    for path in sorted(glob.glob(os.path.join(root, "*", "*", "s*", "eval.json"))):
+        env_id, algo = path.split(os.sep)[-4:-2]
+        with open(path) as f:
+            report = json.load(f)
+        report["seed_dir"] = os.path.dirname(path)
+        results.setdefault(env_id, {}).setdefault(algo, []).append(report)
+    return results
+
+
+def learning_curves(run_dirs, grid_points=50):
+    """Episodic returns of each run interpolated onto a common step grid: (steps, array runs x grid)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves = []
+    for d in run_dirs:
+        acc = EventAccumulator(d, size_guidance={"scalars": 0})
+        acc.Reload()
+        if "charts/episodic_return" not in acc.Tags()["scalars"]:
+            continue
+        events = acc.Scalars("charts/episodic_return")
+        steps, values = np.array([e.step for e in events]), np.array([e.value for e in events])
+        window = max(1, len(values) // 100)  # light smoothing: running mean over 1 % of the episodes
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        curves.append((steps[window - 1 :], smooth))
+    if not curves:
+        return None, None
+    end = min(s[-1] for s, _ in curves)
+    grid = np.linspace(0, end, grid_points)
+    return grid, np.array([np.interp(grid, s, v) for s, v in curves])
+
+
+def aggregate(args: Aggregate):
+    results = load_results(args.root)
+    if not results:
+        raise SystemExit(f"error: no eval.json under {args.root}/<env>/<algo>/s<seed>/")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(args.figures, exist_ok=True)
+    lines = [f"## {args.title or args.root}", "", f"Aggregated by `python benchmark.py aggregate --root {args.root}` from "
+             f"{sum(len(r) for e in results.values() for r in e.values())} evaluated runs. Each cell: median "
+             "[interquartile range] over seeds of the 50-episode mean return; worst case = minimum over the "
+             "attacks evaluated; robustness = (worst − natural) / natural.", ""]
+    for env_id, by_algo in results.items():
+        attacks = sorted({a for reps in by_algo.values() for r in reps for a in r["results"] if a != "natural"})
+        eps = sorted({r["epsilon"] for reps in by_algo.values() for r in reps})
+        lines += [f"### {env_id} (ε = {', '.join(map(str, eps))})", "",
+                  "| algorithm | seeds | natural | " + " | ".join(attacks) + " | worst case | robustness |",
+                  "|---|---|---|" + "---|" * len(attacks) + "---|---|"]
+        for algo, reps in by_algo.items():
+            def cell(values, fmt="{:.0f}"):
+                if not values:
+                    return "–"
+                med, q1, q3 = iqr(values)
+                return f"{fmt.format(med)} [{fmt.format(q1)}, {fmt.format(q3)}]"
+            row = [algo, str(len(reps)), cell([r["results"]["natural"]["mean"] for r in reps])]
+            row += [cell([r["results"][a]["mean"] for r in reps if a in r["results"]]) for a in attacks]
+            row += [cell([r["worst_case"] for r in reps]), cell([100 * r["robustness"] for r in reps], "{:+.0f}%")]
+            lines.append("| " + " | ".join(row) + " |")
+        ref = PAPER_BARPO.get(env_family(env_id))
+        if ref:
+            lines += ["", f"Paper (BAR-PPO, gym -v2, 2M steps, median of 17 agents): natural {ref[0]}, worst case {ref[1]}. "
+                      "v5 returns are comparable in shape, not digit for digit."]
+        # plots: learning curves (median, IQR band) and natural vs worst case per seed
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for algo, reps in by_algo.items():
+            grid, curves = learning_curves([r["seed_dir"] for r in reps])
+            if grid is not None:
+                med, q1, q3 = np.percentile(curves, [50, 25, 75], axis=0)
+                ax1.plot(grid, med, label=f"{algo} ({len(curves)} seeds)")
+                ax1.fill_between(grid, q1, q3, alpha=0.2)
+            ax2.scatter([r["results"]["natural"]["mean"] for r in reps], [r["worst_case"] for r in reps], label=algo, s=40)
+        if ref:
+            ax2.scatter([ref[0]], [ref[1]], marker="*", s=200, c="k", label="paper BAR-PPO (v2)")
+        ax1.set(title=f"{env_id}: training return (median, IQR band)", xlabel="environment steps", ylabel="episodic return")
+        ax2.set(title=f"{env_id}: natural vs worst-case return (one point per seed)", xlabel="natural return", ylabel="worst-case return")
+        lo = min(ax2.get_xlim()[0], ax2.get_ylim()[0])
+        hi = max(ax2.get_xlim()[1], ax2.get_ylim()[1])
+        ax2.plot([lo, hi], [lo, hi], "k:", lw=0.8, label="worst = natural")
+        ax1.legend(fontsize=8)
+        ax2.legend(fontsize=8)
+        fig.tight_layout()
+        png = os.path.join(args.figures, f"results_{os.path.basename(os.path.normpath(args.root))}_{env_id}.png")
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        lines += ["", f"![{env_id}]({os.path.relpath(png, os.path.dirname(args.output) or '.')})", ""]
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    begin, end = f"<!-- begin {args.root} -->", f"<!-- end {args.root} -->"
+    section = begin + "\n" + "\n".join(lines) + "\n" + end
+    old = open(args.output).read() if os.path.exists(args.output) else "# Results\n"
+    if begin in old and end in old:  # replace this root's section, keep everything else
+        new = old[: old.index(begin)] + section + old[old.index(end) + len(end) :]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    with open(args.output + ".tmp", "w") as f:
+        f.write(new)
+    os.replace(args.output + ".tmp", args.output)
+    print("\n".join(lines))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    command = tyro.extras.subcommand_cli_from_dict({"run": Run, "aggregate": Aggregate})
+    run(command) if isinstance(command, Run) else aggregate(command)

@@ -1,0 +1,91 @@
+"""benchmark.py: the sweep skips finished runs, resumes killed ones, emits SLURM, and aggregates correctly."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, run_script
+
+TINY_SWEEP = ["--algos", "spo", "--envs", "Hopper-v5", "--seeds", "1", "--preset", "none", "--total-timesteps", "640",
+              "--extra=--num-steps 64 --num-minibatches 4 --update-epochs 1", "--attacks", "random",
+              "--eval-episodes", "2", "--save-every", "1", "--workers", "1"]
+
+
+def test_sweep_resumes_a_killed_run_then_skips_it(tmp_path):
+    root = tmp_path / "sweep"
+    run_dir = root / "Hopper-v5" / "spo" / "s1"
+    # start the run exactly as the sweep would, and kill it once it has written a checkpoint
+    train = [sys.executable, os.path.join(REPO, "spo_ppo.py"), "--env-id", "Hopper-v5", "--seed", "1", "--total-timesteps",
+             "640", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "1", "--run-dir", str(run_dir),
+             "--save-every", "1", "--resume"]
+    proc = subprocess.Popen(train, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run_dir / "agent.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    killed_at = torch.load(run_dir / "agent.pt", weights_only=True)["global_step"]
+    assert 0 < killed_at < 640
+
+    out = run_script("benchmark.py", "run", "--root", root, *TINY_SWEEP)
+    assert "0 already complete, 1 to do" in out.stdout and "ok" in out.stdout
+    assert "resuming" in (run_dir / "train.log").read_text()
+    assert torch.load(run_dir / "agent.pt", weights_only=True)["global_step"] == 640
+    assert json.loads((run_dir / "eval.json").read_text())["num_episodes"] == 2
+
+    before = (run_dir / "eval.json").stat().st_mtime
+    out = run_script("benchmark.py", "run", "--root", root, *TINY_SWEEP)
+    assert "1 already complete, 0 to do" in out.stdout
+    assert (run_dir / "eval.json").stat().st_mtime == before
+
+
+def test_emit_slurm_writes_a_valid_array_script(tmp_path):
+    root = tmp_path / "sweep"
+    run_script("benchmark.py", "run", "--root", root, "--algos", "spo", "barpo_k1", "--envs", "Hopper-v5", "Walker2d-v5",
+               "--seeds", "1", "2", "3", "--emit", "slurm")
+    script = (root / "sweep.slurm").read_text()
+    assert "#SBATCH --array=0-11" in script  # 2 algos x 2 envs x 3 seeds
+    assert "--only-index $SLURM_ARRAY_TASK_ID" in script and "--emit" not in script
+    assert subprocess.run(["bash", "-n", str(root / "sweep.slurm")]).returncode == 0
+    assert not (root / "Hopper-v5").exists()  # emitting runs nothing
+    # task 11 is the last job: Walker2d, barpo_k1, seed 3
+    dry = run_script("benchmark.py", "run", "--root", root, "--algos", "spo", "barpo_k1", "--envs", "Hopper-v5", "Walker2d-v5",
+                     "--seeds", "1", "2", "3", "--only-index", "11", "--dry-run")
+    assert "barpo_ppo.py" in dry.stdout and "Walker2d-v5/barpo_k1/s3" in dry.stdout and "--learning-rate 4e-4" in dry.stdout
+
+
+def test_unknown_algorithm_is_one_line_error(tmp_path):
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(run_script("benchmark.py", "run", "--algos", "ppg", "--root", tmp_path, check=False), "ppg")
+
+
+def write_eval(root, env_id, algo, seed, natural, attacks):
+    d = root / env_id / algo / f"s{seed}"
+    d.mkdir(parents=True)
+    results = {"natural": {"mean": natural}, **{k: {"mean": v} for k, v in attacks.items()}}
+    worst = min(v["mean"] for v in results.values())
+    (d / "eval.json").write_text(json.dumps({"epsilon": 0.075, "results": results, "worst_case": worst,
+                                             "robustness": (worst - natural) / natural}))
+
+
+def test_aggregate_medians_and_iqr_from_fixture_jsons(tmp_path):
+    root = tmp_path / "sweep"
+    for seed, (nat, mad) in enumerate([(1000, 400), (3000, 900), (2000, 100), (4000, 2000)], 1):
+        write_eval(root, "Hopper-v5", "barpo_k1", seed, nat, {"mad": mad, "random": nat - 10})
+    write_eval(root, "Hopper-v5", "spo", 1, 3000, {"mad": 300, "random": 2500})
+    out = tmp_path / "results.md"
+    (out).write_text("# Results\n\nhand-written intro that must survive\n")
+    run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig")
+    text = out.read_text()
+    # natural: median of 1000, 2000, 3000, 4000 = 2500, IQR [1750, 3250]; mad: median 650 [325, 1175]
+    assert "| barpo_k1 | 4 | 2500 [1750, 3250] | 650 [325, 1175] | 2490 [1740, 3240] | 650 [325, 1175] |" in text
+    assert "| spo | 1 | 3000 [3000, 3000] | 300 [300, 300] | 2500 [2500, 2500] | 300 [300, 300] | -90% [-90%, -90%] |" in text
+    assert "hand-written intro that must survive" in text and "natural 3684, worst case 1340" in text
+    assert list((tmp_path / "fig").glob("*.png"))
+    run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig")
+    assert out.read_text().count("<!-- begin") == 1  # re-running replaces its section
