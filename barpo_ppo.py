@@ -11,7 +11,7 @@ same. SPO guidance adds the clean PPO term with weight κ.
 
 Pseudocode, one iteration (everything untagged is spo_ppo.py line for line):
     roll out num_steps with π_θ on the clean states, store (s, a, log π_old(a|s), r, done, V(s));  GAE
-    ε_t = ε · min(1, iteration / (eps_warmup · num_iterations))                      # BARPO: ε schedule
+    ε_t = ε · min(1, (iteration − 1) / (eps_warmup · num_iterations))                      # BARPO: ε schedule
     for update_epochs: for each minibatch:
         s̃ = KL-SGLD(s; θ, ε_t)   (attacks.mad: K sign-gradient Langevin steps on Σ_j ((μ(s')-μ(s))/σ)_j²,
                                  start s + η·sign(ξ), step η = ε_t/K, β = 1e-5; detached: no gradient through s̃)
@@ -235,11 +235,21 @@ def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
 if __name__ == "__main__":
     args = tyro.cli(Args)
     try:
-        gym.spec(args.env_id)
+        probe = gym.make(args.env_id)
     except gym.error.Error as e:
         raise SystemExit(f"error: unknown --env-id {args.env_id!r}: {e}")
-    if args.total_timesteps <= 0 or args.num_steps <= 0 or args.num_envs <= 0:
-        raise SystemExit("error: --total-timesteps, --num-steps and --num-envs must be positive")
+    if not isinstance(probe.action_space, gym.spaces.Box):
+        raise SystemExit(f"error: {args.env_id} has no continuous (Box) action space")
+    probe.close()
+    if min(args.total_timesteps, args.num_steps, args.num_envs, args.num_minibatches, args.update_epochs, args.threads) < 1:
+        raise SystemExit("error: --total-timesteps, --num-steps, --num-envs, --num-minibatches, --update-epochs, --threads must be >= 1")
+    args.batch_size = int(args.num_envs * args.num_steps)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+    if args.batch_size % args.num_minibatches != 0:
+        raise SystemExit(f"error: --num-minibatches must divide the batch (num_envs * num_steps = {args.batch_size})")
+    if args.resume and args.run_dir is None:
+        raise SystemExit("error: --resume needs the --run-dir of the run to continue")
     # BARPO: validate the adversary's flags; epsilon defaults per env
     if args.epsilon is None:
         args.epsilon = next((e for prefix, e in DEFAULT_EPSILON.items() if args.env_id.startswith(prefix)), None)
@@ -251,11 +261,10 @@ if __name__ == "__main__":
         raise SystemExit(f"error: --kappa must be >= 0, got {args.kappa}")
     if args.inner_steps < 1 or not 0 <= args.eps_warmup <= 1:
         raise SystemExit("error: --inner-steps must be >= 1 and --eps-warmup in [0, 1]")
-    args.batch_size = int(args.num_envs * args.num_steps)
-    args.minibatch_size = int(args.batch_size // args.num_minibatches)
-    args.num_iterations = max(1, args.total_timesteps // args.batch_size)
-    if args.minibatch_size < 1:
-        raise SystemExit("error: --num-minibatches is larger than the batch (num_envs * num_steps)")
+    if args.inner_step_size is not None and not args.inner_step_size > 0:
+        raise SystemExit(f"error: --inner-step-size must be > 0, got {args.inner_step_size}")
+    if not args.inner_beta >= 0:
+        raise SystemExit(f"error: --inner-beta must be >= 0, got {args.inner_beta}")
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = args.run_dir or os.path.join("runs", run_name)
     ckpt_path = os.path.join(run_dir, "agent.pt")
@@ -279,7 +288,6 @@ if __name__ == "__main__":
         [make_env(args.env_id, args.gamma) for _ in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    assert isinstance(envs.single_action_space, gym.spaces.Box), "only continuous action space is supported"
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     act_dim = int(np.prod(envs.single_action_space.shape))
 
@@ -303,32 +311,36 @@ if __name__ == "__main__":
     dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
     values = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
 
-    # Resume: weights, optimizer, normalisers and counters from the last checkpoint; the episode in flight is
-    # lost (envs restart) and the random streams are reseeded with seed + iteration, so a resumed run is
-    # reproducible but not bit-identical to an uninterrupted one.
+    # Resume: weights, optimizer, normalisers and counters from the last checkpoint of the same run (same
+    # algorithm and arguments); the episode in flight is lost (envs restart) and the random streams are
+    # reseeded from (seed, iteration), so a resumed run is reproducible but not bit-identical to an
+    # uninterrupted one.
     start_iteration, global_step = 1, 0
     if args.resume and os.path.exists(ckpt_path):
         checkpoint = torch.load(ckpt_path, weights_only=True)
-        if checkpoint["env_id"] != args.env_id or checkpoint["args"]["num_iterations"] != args.num_iterations:
-            raise SystemExit(f"error: {ckpt_path} is from another run (env or budget differs); cannot resume it")
+        ignored = {"run_dir", "resume", "save_every", "threads"}
+        changed = sorted(k for k, v in vars(args).items() if k not in ignored and checkpoint["args"].get(k) != v)
+        if checkpoint["algo"] != "barpo" or changed:
+            raise SystemExit(f"error: {ckpt_path} is a {checkpoint['algo']} run with other arguments ({', '.join(changed)}); cannot resume it")
         agent.load_state_dict(checkpoint["agent"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         for env in envs.envs:
             for name in ("obs_rms", "return_rms"):
                 rms, saved = env.get_wrapper_attr(name), checkpoint[name]
-                rms.mean, rms.var, rms.count = saved["mean"].numpy().copy(), saved["var"].numpy().copy(), saved["count"]
+                rms.mean, rms.var = saved["mean"].numpy().copy(), saved["var"].numpy().copy()
+                rms.count = saved["count"] / args.num_envs  # the saved count is the merge over all sub-envs
         start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
         if start_iteration > args.num_iterations:
             print(f"{ckpt_path} is complete ({global_step} steps); nothing to resume")
             raise SystemExit(0)
-        random.seed(args.seed + start_iteration)
-        np.random.seed(args.seed + start_iteration)
-        torch.manual_seed(args.seed + start_iteration)
+        random.seed(args.seed * 100_003 + start_iteration)  # not the stream of another seed
+        np.random.seed(args.seed * 100_003 + start_iteration)
+        torch.manual_seed(args.seed * 100_003 + start_iteration)
         print(f"resuming {ckpt_path} at iteration {start_iteration}/{args.num_iterations}", flush=True)
 
     # TRY NOT TO MODIFY: start the game
     start_step, start_time = global_step, time.time()
-    next_obs, _ = envs.reset(seed=args.seed + start_iteration - 1)
+    next_obs, _ = envs.reset(seed=args.seed if start_iteration == 1 else args.seed * 100_003 + start_iteration)
     next_obs = next_obs.astype(np.float32)
     next_done = np.zeros(args.num_envs, dtype=np.float32)
     recent_returns = []
@@ -341,7 +353,7 @@ if __name__ == "__main__":
                 group["lr"] = frac * lr
         # BARPO: epsilon schedule: linear warm-up over the first eps_warmup of the updates, then constant
         warmup_iterations = args.eps_warmup * args.num_iterations
-        eps_t = args.epsilon * (min(1.0, iteration / warmup_iterations) if warmup_iterations > 0 else 1.0)
+        eps_t = args.epsilon * (min(1.0, (iteration - 1) / warmup_iterations) if warmup_iterations > 0 else 1.0)
 
         with torch.inference_mode():
             for step in range(0, args.num_steps):

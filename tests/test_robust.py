@@ -18,22 +18,25 @@ def test_smoke_run_logs_adversary_and_evaluates(script, tmp_path):
     ckpt = torch.load(run_dir / "agent.pt", weights_only=True)
     assert ckpt["algo"] == script.split("_")[0] and ckpt["args"]["epsilon"] == 0.075  # Hopper default
     s = read_scalars(str(run_dir))
-    # warm-up over half of the 2 updates: full epsilon from the first update on
-    assert [v for _, v in s["adversary/epsilon"]] == pytest.approx([0.075, 0.075])
+    # warm-up over half of the 2 updates: 0 at the first update, full epsilon from the second on
+    assert [v for _, v in s["adversary/epsilon"]] == pytest.approx([0.0, 0.075])
     for tag in ["losses/policy_loss_adv", "losses/policy_loss_clean", "losses/policy_loss"]:
         assert len(s[tag]) == 2
+    # the inner-vs-random diagnostics are logged (their ordering is tested on non-trivial nets below: a
+    # freshly initialised actor is nearly constant, so at this budget the KL gradient is below the SGLD noise)
     inner, random = ("kl_inner", "kl_random") if script.startswith("barpo") else ("loss_increase_inner", "loss_increase_random")
-    assert s[f"adversary/{inner}"][-1][1] > s[f"adversary/{random}"][-1][1]
+    assert len(s[f"adversary/{inner}"]) == len(s[f"adversary/{random}"]) == 2
     out = tmp_path / "eval.json"
     run_script("evaluate.py", run_dir / "agent.pt", "--num-episodes", "2", "--attacks", "random", "--output", out)
     assert json.loads(out.read_text())["algo"] == script.split("_")[0]
 
 
-def test_epsilon_warmup_is_linear(tmp_path):
-    run_script("barpo_ppo.py", "--total-timesteps", "256", "--num-steps", "64", "--num-minibatches", "2",
+@pytest.mark.parametrize("script", ["arpo_ppo.py", "barpo_ppo.py"])
+def test_epsilon_warmup_is_linear(script, tmp_path):
+    run_script(script, "--total-timesteps", "256", "--num-steps", "64", "--num-minibatches", "2",
                "--update-epochs", "1", "--epsilon", "0.1", "--run-dir", tmp_path / "r")
     eps = [v for _, v in read_scalars(str(tmp_path / "r"))["adversary/epsilon"]]
-    assert eps == pytest.approx([0.1 / 3, 0.2 / 3, 0.1, 0.1])  # 4 updates, warm-up over the first 3
+    assert eps == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1])  # 4 updates, warm-up over the first 3
 
 
 @pytest.mark.parametrize("script", ["arpo_ppo.py", "barpo_ppo.py"])
@@ -118,9 +121,10 @@ def test_hand_written_inner_gradients_match_autograd(seed):
         attacks.pgd = real_pgd
     got = attacks.actor_input_grad(agent.actor_mean, x.detach(), captured["head_grad"])
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6)
-    # some samples sit outside the clip range, so the clipped branch (zero slope) is exercised too
+    # the clipped branch (zero slope) is the max for some samples, so both branches were exercised
     ratio = (agent.get_action_and_value(x, actions)[1] - logprobs).exp()
-    assert ((ratio - 1).abs() > 0.2).any()
+    clipped_active = ((adv > 0) & (ratio > 1.2)) | ((adv < 0) & (ratio < 0.8))
+    assert clipped_active.any() and (~clipped_active).any()
 
 
 def test_actor_input_grad_falls_back_to_autograd_for_other_actors():
@@ -128,3 +132,20 @@ def test_actor_input_grad_falls_back_to_autograd_for_other_actors():
     x = torch.randn(7, 5, requires_grad=True)
     (expected,) = torch.autograd.grad((actor(x) ** 2).sum(), x)
     assert torch.allclose(attacks.actor_input_grad(actor, x.detach(), lambda mu: 2 * mu), expected)
+
+
+@pytest.mark.parametrize("script,algo_flag", [("arpo_ppo.py", ["--soft-worst-case-lambda", "0"]), ("barpo_ppo.py", ["--inner-beta", "-1"])])
+def test_other_bad_flags_are_one_line_errors(script, algo_flag, tmp_path):
+    for flags in (algo_flag, ["--inner-step-size", "0"], ["--num-minibatches", "0"], ["--num-minibatches", "3"], ["--update-epochs", "0"]):
+        proc = run_script(script, *TINY, *flags, "--run-dir", tmp_path / "x", check=False)
+        assert_one_line_error(proc, flags[0] if flags[0] != "--num-minibatches" or flags[1] == "0" else "divide")
+    assert not (tmp_path / "x").exists()
+
+
+def test_resume_refuses_another_algorithm_or_other_arguments(tmp_path):
+    run_script("spo_ppo.py", *TINY, "--run-dir", tmp_path / "r")
+    before = (tmp_path / "r" / "agent.pt").read_bytes()
+    assert_one_line_error(run_script("barpo_ppo.py", *TINY, "--run-dir", tmp_path / "r", "--resume", check=False), "spo run")
+    assert_one_line_error(run_script("spo_ppo.py", *TINY, "--learning-rate", "1e-3", "--run-dir", tmp_path / "r", "--resume", check=False), "learning_rate")
+    assert_one_line_error(run_script("spo_ppo.py", *TINY, "--resume", check=False), "--run-dir")
+    assert (tmp_path / "r" / "agent.pt").read_bytes() == before
