@@ -141,6 +141,8 @@ def eval_seconds(checkpoint, attack, extra=()):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if args.total_timesteps < 2048 or args.total_timesteps % 2048:
+        raise SystemExit("error: --total-timesteps must be a positive multiple of 2048 (whole PPO iterations)")
     torch.set_num_threads(1)
     lines = [f"# Benchmarks", "", f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
              f"{os.cpu_count()} cores, torch {torch.__version__}, one torch thread, one job at a time. Command: "
@@ -164,14 +166,15 @@ if __name__ == "__main__":
         results, _ = eval_seconds(args.checkpoint, "random,critic,mad")
         timings.update({k: v["seconds"] for k, v in results.items()})
         rs_dir = os.path.dirname(os.path.abspath(args.checkpoint))
-        for f in os.listdir(rs_dir):  # time the RS default from scratch: drop its cache
-            if f.startswith("rs_q_"):
-                os.rename(os.path.join(rs_dir, f), os.path.join(rs_dir, f + ".bak"))
-        results, _ = eval_seconds(args.checkpoint, "rs")
-        timings["rs (train Q + attack)"] = results["rs"]["seconds"]
-        for f in os.listdir(rs_dir):
-            if f.endswith(".bak"):
-                os.replace(os.path.join(rs_dir, f), os.path.join(rs_dir, f[:-4]))
+        cached = [f for f in os.listdir(rs_dir) if f.startswith("rs_q_") and f.endswith(".pt")]
+        for f in cached:  # time the RS default from scratch: move its cache aside, and always back
+            os.rename(os.path.join(rs_dir, f), os.path.join(rs_dir, f + ".bench"))
+        try:
+            results, _ = eval_seconds(args.checkpoint, "rs")
+            timings["rs (train Q + attack)"] = results["rs"]["seconds"]
+        finally:
+            for f in cached:
+                os.replace(os.path.join(rs_dir, f + ".bench"), os.path.join(rs_dir, f))
         attacked = timings["random"] + timings["critic"] + timings["mad"]
         lines += ["", "## Evaluation (50 deterministic episodes in lockstep)", "", "| run | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]

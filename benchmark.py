@@ -22,6 +22,7 @@ Presets carry the per-env learning rates of the robust-RL literature (SPEC.md §
 import glob
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -113,7 +114,7 @@ def jobs_of(args):
     unknown = [a for a in args.algos if a not in ALGOS]
     if unknown:
         raise SystemExit(f"error: unknown algorithm(s) {unknown}; choose from {sorted(ALGOS)}")
-    jobs = []
+    jobs, root = [], os.path.abspath(args.root)  # absolute: the scripts run with the repo as working directory
     for env_id in args.envs:
         family = env_family(env_id)
         if args.preset != "none" and family not in ENV_FLAGS:
@@ -127,7 +128,7 @@ def jobs_of(args):
                     flags += ENV_FLAGS[family] + ["--total-timesteps", str(args.total_timesteps or steps)]
                 elif args.total_timesteps:
                     flags += ["--total-timesteps", str(args.total_timesteps)]
-                run_dir = os.path.join(args.root, env_id, algo, f"s{seed}")
+                run_dir = os.path.join(root, env_id, algo, f"s{seed}")
                 train = [sys.executable, os.path.join(REPO, script), *flags, *args.extra.split(),
                          "--run-dir", run_dir, "--save-every", str(args.save_every), "--resume"]
                 evaluate = [sys.executable, os.path.join(REPO, "evaluate.py"), os.path.join(run_dir, "agent.pt"),
@@ -153,7 +154,13 @@ def run_job(job):
 def emit_slurm(args, jobs):
     os.makedirs(args.root, exist_ok=True)
     path = os.path.join(args.root, "sweep.slurm")
-    argv = [a for a in sys.argv[1:] if a not in ("--emit", "slurm")]
+    argv, skip = [], False  # this command line without --emit, quoted for the shell
+    for a in sys.argv[1:]:
+        if skip or a.startswith("--emit"):
+            skip = a == "--emit"
+            continue
+        argv.append(a)
+    argv += ["--root", os.path.abspath(args.root)]  # the tasks run in the repo: pin the root (the last --root wins)
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name=barpo-sweep",
@@ -163,8 +170,8 @@ def emit_slurm(args, jobs):
         "#SBATCH --time=24:00:00",
         f"#SBATCH --output={os.path.abspath(args.root)}/slurm-%A_%a.out",
         "# One array task per run; each is resumable, so resubmitting the array finishes what is missing.",
-        f"cd {REPO}",
-        f"{sys.executable} benchmark.py {' '.join(argv)} --only-index $SLURM_ARRAY_TASK_ID",
+        f"cd {shlex.quote(REPO)}",
+        f"{shlex.quote(sys.executable)} benchmark.py {shlex.join(argv)} --only-index $SLURM_ARRAY_TASK_ID",
         "",
     ]
     with open(path, "w") as f:

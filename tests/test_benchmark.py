@@ -10,7 +10,7 @@ import torch
 
 from conftest import REPO, run_script
 
-TINY_SWEEP = ["--algos", "spo", "--envs", "Hopper-v5", "--seeds", "1", "--preset", "none", "--total-timesteps", "640",
+TINY_SWEEP = ["--algos", "spo", "--envs", "Hopper-v5", "--seeds", "1", "--preset", "none", "--total-timesteps", "1280",
               "--extra=--num-steps 64 --num-minibatches 4 --update-epochs 1", "--attacks", "random",
               "--eval-episodes", "2", "--save-every", "1", "--workers", "1"]
 
@@ -20,7 +20,7 @@ def test_sweep_resumes_a_killed_run_then_skips_it(tmp_path):
     run_dir = root / "Hopper-v5" / "spo" / "s1"
     # start the run exactly as the sweep would, and kill it once it has written a checkpoint
     train = [sys.executable, os.path.join(REPO, "spo_ppo.py"), "--env-id", "Hopper-v5", "--seed", "1", "--total-timesteps",
-             "640", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "1", "--run-dir", str(run_dir),
+             "1280", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "1", "--run-dir", str(run_dir),
              "--save-every", "1", "--resume"]
     proc = subprocess.Popen(train, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -29,12 +29,12 @@ def test_sweep_resumes_a_killed_run_then_skips_it(tmp_path):
     proc.kill()
     proc.wait()
     killed_at = torch.load(run_dir / "agent.pt", weights_only=True)["global_step"]
-    assert 0 < killed_at < 640
+    assert 0 < killed_at < 1280
 
     out = run_script("benchmark.py", "run", "--root", root, *TINY_SWEEP)
     assert "0 already complete, 1 to do" in out.stdout and "ok" in out.stdout
     assert "resuming" in (run_dir / "train.log").read_text()
-    assert torch.load(run_dir / "agent.pt", weights_only=True)["global_step"] == 640
+    assert torch.load(run_dir / "agent.pt", weights_only=True)["global_step"] == 1280
     assert json.loads((run_dir / "eval.json").read_text())["num_episodes"] == 2
 
     before = (run_dir / "eval.json").stat().st_mtime
@@ -43,14 +43,21 @@ def test_sweep_resumes_a_killed_run_then_skips_it(tmp_path):
     assert (run_dir / "eval.json").stat().st_mtime == before
 
 
-def test_emit_slurm_writes_a_valid_array_script(tmp_path):
+@pytest.mark.parametrize("emit", [["--emit", "slurm"], ["--emit=slurm"]])
+def test_emit_slurm_writes_a_valid_array_script(emit, tmp_path):
     root = tmp_path / "sweep"
     run_script("benchmark.py", "run", "--root", root, "--algos", "spo", "barpo_k1", "--envs", "Hopper-v5", "Walker2d-v5",
-               "--seeds", "1", "2", "3", "--emit", "slurm")
+               "--seeds", "1", "2", "3", "--extra=--inner-steps 5", *emit)
     script = (root / "sweep.slurm").read_text()
     assert "#SBATCH --array=0-11" in script  # 2 algos x 2 envs x 3 seeds
     assert "--only-index $SLURM_ARRAY_TASK_ID" in script and "--emit" not in script
     assert subprocess.run(["bash", "-n", str(root / "sweep.slurm")]).returncode == 0
+    # what an array task would run parses, keeps --extra as one argument, and is the same sweep
+    task_cmd = [l for l in script.splitlines() if "--only-index" in l][0].replace("$SLURM_ARRAY_TASK_ID", "11")
+    dry = subprocess.run(["bash", "-c", task_cmd.replace("--only-index 11", "--only-index 11 --dry-run")],
+                         capture_output=True, text=True, cwd=REPO)
+    assert dry.returncode == 0, dry.stderr
+    assert "Walker2d-v5/barpo_k1/s3" in dry.stdout and "--inner-steps 5" in dry.stdout
     assert not (root / "Hopper-v5").exists()  # emitting runs nothing
     # task 11 is the last job: Walker2d, barpo_k1, seed 3
     dry = run_script("benchmark.py", "run", "--root", root, "--algos", "spo", "barpo_k1", "--envs", "Hopper-v5", "Walker2d-v5",
