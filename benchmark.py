@@ -171,7 +171,8 @@ def emit_slurm(args, jobs):
         f"#SBATCH --output={os.path.abspath(args.root)}/slurm-%A_%a.out",
         "# One array task per run; each is resumable, so resubmitting the array finishes what is missing.",
         f"cd {shlex.quote(REPO)}",
-        f"{shlex.quote(sys.executable)} benchmark.py {shlex.join(argv)} --only-index $SLURM_ARRAY_TASK_ID",
+        "# PYTHON: the interpreter of the environment with requirements.txt installed (default: python on PATH)",
+        f"${{PYTHON:-python}} benchmark.py {shlex.join(argv)} --only-index $SLURM_ARRAY_TASK_ID",
         "",
     ]
     with open(path, "w") as f:

@@ -53,7 +53,7 @@ def test_emit_slurm_writes_a_valid_array_script(emit, tmp_path):
     assert "--only-index $SLURM_ARRAY_TASK_ID" in script and "--emit" not in script
     assert subprocess.run(["bash", "-n", str(root / "sweep.slurm")]).returncode == 0
     # what an array task would run parses, keeps --extra as one argument, and is the same sweep
-    task_cmd = [l for l in script.splitlines() if "--only-index" in l][0].replace("$SLURM_ARRAY_TASK_ID", "11")
+    task_cmd = [l for l in script.splitlines() if "--only-index" in l][0].replace("$SLURM_ARRAY_TASK_ID", "11").replace("${PYTHON:-python}", sys.executable)
     dry = subprocess.run(["bash", "-c", task_cmd.replace("--only-index 11", "--only-index 11 --dry-run")],
                          capture_output=True, text=True, cwd=REPO)
     assert dry.returncode == 0, dry.stderr
