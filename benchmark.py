@@ -277,8 +277,18 @@ def aggregate(args: Aggregate):
                 return f"{fmt.format(med)} [{fmt.format(q1)}, {fmt.format(q3)}]"
             row = [algo, str(len(reps)), cell([r["results"]["natural"]["mean"] for r in reps])]
             row += [cell([r["results"][a]["mean"] for r in reps if a in r["results"]]) for a in attacks]
-            row += [cell([r["worst_case"] for r in reps]), cell([100 * r["robustness"] for r in reps], "{:+.0f}%")]
+            attacked = [r for r in reps if r.get("worst_case") is not None]  # runs evaluated without attacks have none
+            row += [cell([r["worst_case"] for r in attacked]), cell([100 * r["robustness"] for r in attacked], "{:+.0f}%")]
             lines.append("| " + " | ".join(row) + " |")
+        lines += ["", "<details><summary>per seed</summary>", "",
+                  "| algorithm | seed | natural | " + " | ".join(attacks) + " | worst case |",
+                  "|---|---|---|" + "---|" * len(attacks) + "---|"]
+        for algo, reps in by_algo.items():
+            for r in reps:
+                row = [algo, os.path.basename(r["seed_dir"]), f"{r['results']['natural']['mean']:.0f}"]
+                row += [f"{r['results'][a]['mean']:.0f}" if a in r["results"] else "–" for a in attacks]
+                lines.append("| " + " | ".join(row + [f"{r['worst_case']:.0f}" if r.get("worst_case") is not None else "–"]) + " |")
+        lines += ["", "</details>"]
         ref = PAPER_BARPO.get(env_family(env_id))
         if ref:
             lines += ["", f"Paper (BAR-PPO, gym -v2, 2M steps, median of 17 agents): natural {ref[0]}, worst case {ref[1]}. "
@@ -286,12 +296,13 @@ def aggregate(args: Aggregate):
         # plots: learning curves (median, IQR band) and natural vs worst case per seed
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
         for algo, reps in by_algo.items():
+            attacked = [r for r in reps if r.get("worst_case") is not None]
             grid, curves = learning_curves([r["seed_dir"] for r in reps])
             if grid is not None:
                 med, q1, q3 = np.percentile(curves, [50, 25, 75], axis=0)
                 ax1.plot(grid, med, label=f"{algo} ({len(curves)} seeds)")
                 ax1.fill_between(grid, q1, q3, alpha=0.2)
-            ax2.scatter([r["results"]["natural"]["mean"] for r in reps], [r["worst_case"] for r in reps], label=algo, s=40)
+            ax2.scatter([r["results"]["natural"]["mean"] for r in attacked], [r["worst_case"] for r in attacked], label=algo, s=40)
         if ref:
             ax2.scatter([ref[0]], [ref[1]], marker="*", s=200, c="k", label="paper BAR-PPO (v2)")
         ax1.set(title=f"{env_id}: training return (median, IQR band)", xlabel="environment steps", ylabel="episodic return")

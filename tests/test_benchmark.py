@@ -75,7 +75,7 @@ def write_eval(root, env_id, algo, seed, natural, attacks):
     d = root / env_id / algo / f"s{seed}"
     d.mkdir(parents=True)
     results = {"natural": {"mean": natural}, **{k: {"mean": v} for k, v in attacks.items()}}
-    worst = min(v["mean"] for v in results.values())
+    worst = min(v["mean"] for k, v in results.items() if k != "natural")
     (d / "eval.json").write_text(json.dumps({"epsilon": 0.075, "results": results, "worst_case": worst,
                                              "robustness": (worst - natural) / natural}))
 
