@@ -13,7 +13,9 @@ arguments are the `Agent` of the training scripts: `agent.actor_mean(x)`, `agent
     mad     KL-SGLD: maximise KL(pi(.|s) || pi(.|s')) -- the MAD attack and BARPO's inner adversary
     q_pgd   PGD that minimises Q(s, mu(s')) for a learned Q (the attack step of Robust Sarsa)
     pgd     the projected sign-gradient solver behind critic and q_pgd (and ARPO's inner adversary)
-    actor_input_grad   grad_x of a function of the actor's mean action, fast for the scripts' tanh MLP
+    mlp_input_grad   grad_x of a function of a tanh MLP's output (actor or critic), fast
+    bounded_perturbation  s + eps * hardtanh(a) for a learned adversary's action a (SA-RL, sarl_attack.py)
+    paad_actor  PGD pushing the victim's mean action along a direction d (PA-AD's actor, paad_attack.py)
 """
 import torch
 
@@ -26,31 +28,31 @@ def project(x, obs, eps):
 def _check(obs, eps, steps):
     if not (eps >= 0):
         raise ValueError(f"eps must be >= 0, got {eps}")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
 
 
 def random(agent, obs, eps, **_):
     """Uniform noise in [-eps, eps]^d (the agent is unused; the signature matches the other attacks)."""
-    _check(obs, eps, 0)
+    _check(obs, eps, 1)
     return project(obs + eps * (2 * torch.rand_like(obs) - 1), obs, eps).detach()
 
 
-def actor_input_grad(actor_mean, x, head_grad):
-    """grad_x of a function h(mu) of the actor's mean action mu = actor_mean(x), given head_grad(mu) = dh/dmu.
+def mlp_input_grad(net, x, head_grad):
+    """grad_x of a function h(y) of a network's output y = net(x), given head_grad(y) = dh/dy.
 
     The inner loops of ARPO and BARPO take this gradient 10 times per minibatch, and for 64-sample batches
-    autograd's per-op overhead dominates. For the scripts' actor (an nn.Sequential of Linear and Tanh
-    layers) we run the forward with plain tensor ops and backpropagate by hand (Linear: g <- g W;
-    Tanh: g <- g (1 - h^2)): the same gradient up to float rounding (tests/test_attacks.py checks it
-    against autograd), about twice as fast. Any other actor falls back to autograd."""
-    layers = list(actor_mean) if isinstance(actor_mean, torch.nn.Sequential) else []
+    autograd's per-op overhead dominates. For the scripts' networks (nn.Sequential of Linear and Tanh
+    layers: the actor mean and the critic) we run the forward with plain tensor ops and backpropagate by
+    hand (Linear: g <- g W; Tanh: g <- g (1 - h^2)): the same gradient up to float rounding
+    (tests/test_robust.py checks it against autograd), about twice as fast. Any other net uses autograd."""
+    layers = list(net) if isinstance(net, torch.nn.Sequential) else []
     with torch.no_grad():
         if not layers or not all(isinstance(m, (torch.nn.Linear, torch.nn.Tanh)) for m in layers):
             x = x.detach().requires_grad_(True)
             with torch.enable_grad():
-                mu = actor_mean(x)
-            return torch.autograd.grad(mu, x, grad_outputs=head_grad(mu.detach()))[0]
+                y = net(x)
+            return torch.autograd.grad(y, x, grad_outputs=head_grad(y.detach()))[0]
         outputs = [x]  # the input of every layer, then the output mu
         for m in layers:
             outputs.append(torch.addmm(m.bias, outputs[-1], m.weight.t()) if isinstance(m, torch.nn.Linear) else torch.tanh(outputs[-1]))
@@ -60,11 +62,11 @@ def actor_input_grad(actor_mean, x, head_grad):
         return g
 
 
-def pgd(obs, eps, objective=None, steps=10, step_size=None, maximise=False, actor_mean=None, head_grad=None):
+def pgd(obs, eps, objective=None, steps=10, step_size=None, maximise=False, net=None, head_grad=None):
     """Projected sign-gradient descent (ascent if maximise) from a uniform random start in the ball: the
     solver behind critic, q_pgd and ARPO's inner adversary. The gradient is that of objective(x) -> scalar
-    (autograd), or, if actor_mean and head_grad are given, that of a function of actor_mean(x) whose
-    derivative in the mean action is head_grad(mu) (fast, see actor_input_grad)."""
+    (autograd), or, if net and head_grad are given, that of a function h(net(x)) with dh/dy = head_grad(y)
+    (fast, see mlp_input_grad)."""
     _check(obs, eps, steps)
     eta = eps / steps if step_size is None else step_size
     direction = 1.0 if maximise else -1.0
@@ -72,8 +74,8 @@ def pgd(obs, eps, objective=None, steps=10, step_size=None, maximise=False, acto
     low, high = obs - eps, obs + eps
     x = torch.clamp(obs + eps * (2 * torch.rand_like(obs) - 1), low, high)
     for _ in range(steps):
-        if actor_mean is not None:
-            grad = actor_input_grad(actor_mean, x, head_grad)
+        if net is not None:
+            grad = mlp_input_grad(net, x, head_grad)
         else:
             x.requires_grad_(True)
             with torch.enable_grad():  # attacks may be called under torch.no_grad()
@@ -84,7 +86,7 @@ def pgd(obs, eps, objective=None, steps=10, step_size=None, maximise=False, acto
 
 def critic(agent, obs, eps, steps=10, step_size=None, **_):
     """PGD minimising the critic's value V(s') from a uniform random start in the ball."""
-    return pgd(obs, eps, lambda x: agent.get_value(x).sum(), steps, step_size)
+    return pgd(obs, eps, steps=steps, step_size=step_size, net=agent.critic, head_grad=torch.ones_like)
 
 
 def mad(agent, obs, eps, steps=10, step_size=None, beta=1e-5, normalize_sigma=False, **_):
@@ -97,6 +99,8 @@ def mad(agent, obs, eps, steps=10, step_size=None, beta=1e-5, normalize_sigma=Fa
     SA-PPO's test-time MAD used beta = 1 (noisier). normalize_sigma divides sigma by its mean (scale-free).
     """
     _check(obs, eps, steps)
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
     eta = eps / steps if step_size is None else step_size
     with torch.no_grad():
         obs = obs.detach()
@@ -110,7 +114,7 @@ def mad(agent, obs, eps, steps=10, step_size=None, beta=1e-5, normalize_sigma=Fa
         x = torch.clamp(obs + eta * torch.randn_like(obs).sign(), low, high)
         for t in range(steps):
             # d/dmu of sum_j ((mu_j - mu_clean_j) / sigma_j)^2 is 2 (mu - mu_clean) / sigma^2
-            grad = actor_input_grad(agent.actor_mean, x, lambda mu: (mu - mu_clean) * two_over_var)
+            grad = mlp_input_grad(agent.actor_mean, x, lambda mu: (mu - mu_clean) * two_over_var)
             x = torch.clamp(x + eta * (grad + noise_scale / (t + 2) * torch.randn_like(grad)).sign(), low, high)
     return x
 
@@ -129,3 +133,35 @@ def kl_divergence(agent, obs, obs_adv):
     with torch.no_grad():
         sigma = agent.actor_logstd.exp()
         return (((agent.actor_mean(obs_adv) - agent.actor_mean(obs)) / sigma) ** 2).sum(-1) / 2
+
+
+def bounded_perturbation(obs, eps, action):
+    """SA-RL's perturbation of a learned adversary: s' = s + eps * hardtanh(action), action in R^obs_dim.
+
+    hardtanh(a) = clamp(a, -1, 1), so every entry of s' - s lies in [-eps, eps] whatever the adversary
+    outputs (we project once more so float rounding cannot leave the ball). eps = 0 gives s' = s exactly."""
+    _check(obs, eps, 1)  # (no steps here)
+    obs = obs.detach()
+    return project(obs + eps * torch.clamp(action.detach(), -1.0, 1.0), obs, eps)
+
+
+def paad_actor(agent, obs, eps, direction, steps=10, step_size=None):
+    """PA-AD's "actor": the state perturbation in B_eps(s) that pushes the victim's mean action along the
+    director's direction d (a vector in the victim's action space, one per row of obs).
+
+    We maximise the projection of the action change on d, <mu(s') - mu(s), d> (mu(s) is a constant), by
+    `steps` sign-gradient ascent steps of size eps/steps from s' = s. Its gradient J_mu(s')^T d is not zero
+    at s' = s (unlike MAD's KL), so no random start is needed, and only d's direction matters (rescaling d
+    does not change the sign of the gradient). The literature also uses the cosine similarity of the action
+    change and d; the projection additionally rewards moving the action further along d."""
+    _check(obs, eps, steps)
+    eta = eps / max(steps, 1) if step_size is None else step_size
+    with torch.no_grad():
+        obs = obs.detach()
+        d = direction.detach() / (direction.detach().norm(dim=-1, keepdim=True) + 1e-8)  # unit direction
+        low, high = obs - eps, obs + eps
+        x = obs.clone()
+        for _ in range(steps):
+            grad = mlp_input_grad(agent.actor_mean, x, lambda mu: d)  # d/ds' <mu(s'), d> = J^T d
+            x = torch.clamp(x + eta * grad.sign(), low, high)
+    return x

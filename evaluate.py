@@ -15,6 +15,13 @@ Output: a markdown table (mean ± std per attack, worst case = minimum over atta
 
 Robust Sarsa (rs) trains a Q^pi of the frozen victim first (cached next to the checkpoint as
 rs_q_*.pt and reused); see `train_robust_sarsa` for the procedure and what it approximates.
+
+The learned attacks SA-RL (sarl) and PA-AD (paad) use an adversary trained beforehand against this
+checkpoint by sarl_attack.py / paad_attack.py and saved next to it as sarl_eps<eps>.pt / paad_eps<eps>.pt
+(an adversary trained against another version of the checkpoint, i.e. another sha1, is ignored). It acts
+deterministically (its mean action). `--attacks all` includes them when present and prints the command
+that trains a missing one; `--train-learned` trains the missing ones first (default budgets, about 17 and 14
+min each on one core for Hopper; TensorBoard logs next to the checkpoint in <attack>_eps<eps>_tb/).
 """
 import json
 import os
@@ -32,7 +39,8 @@ import attacks
 from spo_ppo import Agent
 
 DEFAULT_EPS = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}
-ATTACKS = ["random", "critic", "mad", "rs"]
+ATTACKS = ["random", "critic", "mad", "rs", "sarl", "paad"]
+LEARNED_ATTACKS = ["sarl", "paad"]  # need an adversary trained by sarl_attack.py / paad_attack.py
 
 
 @dataclass
@@ -40,15 +48,16 @@ class Args:
     checkpoint: tyro.conf.Positional[str]
     """path to an agent.pt written by one of the training scripts"""
     attacks: str = "none"
-    """comma-separated list of attacks (random, critic, mad, rs) or 'all'; natural is always evaluated"""
+    """comma-separated list of attacks (random, critic, mad, rs, sarl, paad) or 'all'; natural is always evaluated"""
     epsilon: Optional[float] = None
     """l_inf radius in normalised observation units (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah/Ant 0.15)"""
     num_episodes: int = 50
     """episodes per attack, run in lockstep (one sub-env each)"""
     attack_steps: int = 10
-    """PGD / SGLD steps of the gradient attacks (step size epsilon / attack_steps)"""
-    mad_beta: float = 1.0
-    """SGLD temperature of the MAD attack (SA-PPO's test-time value 1; BARPO trains with 1e-5)"""
+    """PGD / SGLD steps of the gradient attacks (step size epsilon / attack_steps); paad uses the steps it was trained with"""
+    mad_betas: str = "1.0,1e-5"
+    """SGLD temperatures of the MAD attack, comma-separated; each is evaluated and the stronger reported
+    (SA-PPO's test-time value is 1, BARPO's training regulariser 1e-5)"""
     stochastic: bool = False
     """sample actions from the policy instead of using the mean action"""
     seed: int = 12345
@@ -57,6 +66,8 @@ class Args:
     """environment to evaluate on (default: the checkpoint's; a different one is refused)"""
     output: Optional[str] = None
     """where to write the JSON results (default: next to the checkpoint)"""
+    video_dir: Optional[str] = None
+    """where --capture-video writes (default: videos/<name of the checkpoint's directory>)"""
     capture_video: bool = False
     """record the first episodes of every evaluated attack to videos/ (needs libosmesa6, MUJOCO_GL=osmesa)"""
     video_episodes: int = 2
@@ -79,6 +90,12 @@ class Args:
     """weight of the robustness penalty"""
     rs_grid: bool = False
     """train the literature's grid of (rs_eps, rs_reg) models and report the worst result"""
+
+    # Learned attacks (SA-RL, PA-AD)
+    train_learned: bool = False
+    """train the missing sarl / paad adversaries first (in-process, with the attack script's default budget)"""
+    learned_args: str = ""
+    """extra flags for sarl_attack.py / paad_attack.py when --train-learned trains, e.g. --learned-args='--grid' (mind the =)"""
 
 
 def load_checkpoint(path, env_id=None):
@@ -234,10 +251,9 @@ def train_robust_sarsa(agent, data, rs_eps, rs_reg, epochs, gamma=0.99, batch_si
             target = r + gamma * (1 - term) * q_net(s2, a2).squeeze(-1)
             return float(((q_net(s, a).squeeze(-1) - target) ** 2).mean())
 
-    history = [td_loss_of_dataset()]  # before any update, then the mean TD loss of each epoch
+    history = [td_loss_of_dataset()]  # TD loss over the whole data set: before training, then after each epoch
     for epoch in range(epochs):
         perm = torch.randperm(len(s))
-        losses = []
         for start in range(0, len(s), batch_size):
             idx = perm[start : start + batch_size]
             sa = torch.cat([s[idx], a[idx]], dim=-1)
@@ -257,8 +273,7 @@ def train_robust_sarsa(agent, data, rs_eps, rs_reg, epochs, gamma=0.99, batch_si
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(td_loss.item())
-        history.append(float(np.mean(losses)))
+        history.append(td_loss_of_dataset())
     with torch.no_grad():  # fold the reward scale back into the last layer: Q in raw return units
         q_net.net[-1].weight.mul_(reward_scale)
         q_net.net[-1].bias.mul_(reward_scale)
@@ -298,6 +313,47 @@ def robust_sarsa_models(agent, ckpt_path, ckpt, args):
     return models
 
 
+def load_learned_adversary(name, ckpt_path, eps, victim_sha1):
+    """The sarl / paad adversary trained for this checkpoint and eps: ((network, its checkpoint), None), or
+    (None, why not) if there is no usable one next to the checkpoint."""
+    import paad_attack
+    import sarl_attack
+
+    module = {"sarl": sarl_attack, "paad": paad_attack}[name]
+    path = module.adversary_path(ckpt_path, eps)
+    fname = os.path.basename(path)
+    if not os.path.isfile(path):
+        return None, f"no {fname} next to the checkpoint"
+    try:
+        adv = torch.load(path, map_location="cpu", weights_only=True)
+        adversary = Agent(adv["obs_dim"], adv["action_dim"], adv["hidden_size"])
+        adversary.load_state_dict(adv["adversary"])
+        trained_for = (adv["attack"], float(adv["epsilon"]), adv["victim_sha1"])
+    except Exception as e:
+        return None, f"{fname} is not a readable adversary checkpoint ({type(e).__name__})"
+    if trained_for[2] != victim_sha1:
+        return None, f"{fname} was trained against another version of this checkpoint (sha1 differs)"
+    if trained_for[0] != name or abs(trained_for[1] - eps) > 1e-9:
+        return None, f"{fname} is a {trained_for[0]} adversary for eps = {trained_for[1]:g}, not {name} for eps = {eps:g}"
+    adversary.eval()
+    adversary.requires_grad_(False)
+    adv["path"] = path
+    return (adversary, adv), None
+
+
+def train_learned_adversary(name, ckpt_path, eps, extra_args):
+    """Train the missing sarl / paad adversary in-process with the attack script's defaults (+ extra_args)."""
+    import shlex
+
+    import paad_attack
+    import sarl_attack
+
+    module = {"sarl": sarl_attack, "paad": paad_attack}[name]
+    tb_dir = os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"{name}_eps{eps:g}_tb")
+    script_args = tyro.cli(module.Args, args=[ckpt_path, "--epsilon", repr(eps), "--run-dir", tb_dir, *shlex.split(extra_args)])
+    module.main(script_args)
+
+
 def default_epsilon(env_id):
     for prefix, eps in DEFAULT_EPS.items():
         if env_id.startswith(prefix):
@@ -331,10 +387,16 @@ if __name__ == "__main__":
         raise SystemExit(f"error: --epsilon must be >= 0, got {args.epsilon}")
     if args.num_episodes < 1 or args.attack_steps < 1:
         raise SystemExit("error: --num-episodes and --attack-steps must be positive")
-    names = ATTACKS if args.attacks == "all" else [a for a in args.attacks.split(",") if a and a != "none"]
+    names = list(ATTACKS) if args.attacks == "all" else [a for a in args.attacks.split(",") if a and a != "none"]
     unknown = [a for a in names if a not in ATTACKS]
     if unknown:
         raise SystemExit(f"error: unknown attack(s) {unknown}; choose from {ATTACKS} or 'all'")
+    try:
+        mad_betas = [float(b) for b in args.mad_betas.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --mad-betas must be comma-separated numbers, got {args.mad_betas!r}")
+    if not mad_betas or min(mad_betas) < 0:
+        raise SystemExit(f"error: --mad-betas must be >= 0, got {args.mad_betas!r}")
     if args.capture_video:
         check_video_backend()
 
@@ -342,61 +404,105 @@ if __name__ == "__main__":
     env_id = ckpt["env_id"]
     eps = args.epsilon if args.epsilon is not None else default_epsilon(env_id)
     ckpt_dir = os.path.dirname(os.path.abspath(args.checkpoint))
-    video_dir = os.path.join("videos", os.path.basename(ckpt_dir))
+    video_dir = args.video_dir or os.path.join("videos", os.path.basename(ckpt_dir))
     print(f"{args.checkpoint}: {ckpt.get('algo', '?')} on {env_id}, {ckpt.get('global_step', '?')} steps; eps = {eps}")
 
-    perturbs = {"natural": None}
+    learned = {}  # sarl / paad: (adversary network, its checkpoint), trained beforehand against this checkpoint
+    if any(name in LEARNED_ATTACKS for name in names):
+        import hashlib
+
+        with open(args.checkpoint, "rb") as f:
+            victim_sha1 = hashlib.sha1(f.read()).hexdigest()
+    for name in [n for n in names if n in LEARNED_ATTACKS]:
+        found, why = load_learned_adversary(name, args.checkpoint, eps, victim_sha1)
+        if found is None and args.train_learned:
+            print(f"  {name}: {why}; training one now (--train-learned)", flush=True)
+            train_learned_adversary(name, args.checkpoint, eps, args.learned_args)
+            found, why = load_learned_adversary(name, args.checkpoint, eps, victim_sha1)
+        if found is None:
+            how = f"train one with `python {name}_attack.py {args.checkpoint} --epsilon {eps:g}` or pass --train-learned"
+            if args.attacks != "all":
+                raise SystemExit(f"error: attack {name} needs a trained adversary: {why}; {how}")
+            print(f"note: skipping {name}: {why}; {how}")
+            names.remove(name)
+        else:
+            learned[name] = found
+            print(f"  {name}: using {found[1]['path']} ({found[1]['global_step']} training steps)")
+
+    # every attack is a list of variants (MAD's betas, Robust Sarsa's Q models, ...); each variant is evaluated
+    # and the attack's result is its strongest variant (lowest mean return)
+    variants = {"natural": [("", None)]}
     for name in names:
         if name in ("random", "critic"):
-            perturbs[name] = lambda x, f=getattr(attacks, name): f(agent, x, eps, steps=args.attack_steps)
+            variants[name] = [("", lambda x, f=getattr(attacks, name): f(agent, x, eps, steps=args.attack_steps))]
         elif name == "mad":
-            perturbs[name] = lambda x: attacks.mad(agent, x, eps, steps=args.attack_steps, beta=args.mad_beta, normalize_sigma=True)
-        elif name == "rs":
-            perturbs[name] = None  # built below: the Q models are trained (or loaded) first
+            variants[name] = [
+                (f"beta={beta:g}", lambda x, beta=beta: attacks.mad(agent, x, eps, steps=args.attack_steps, beta=beta, normalize_sigma=True))
+                for beta in mad_betas
+            ]
+        elif name == "rs":  # Robust Sarsa: the Q models are trained (or loaded from the cache) first
+            variants[name] = [
+                (f"eps_rs={rs_eps:g},reg={rs_reg:g}", lambda x, q=q_net: attacks.q_pgd(agent, x, eps, q, steps=args.attack_steps))
+                for (rs_eps, rs_reg), q_net in robust_sarsa_models(agent, args.checkpoint, ckpt, args)
+            ]
+        elif name == "sarl":  # SA-RL: s' = s + eps * hardtanh(adversary's mean action)
+            sarl_net = learned["sarl"][0]
+            variants[name] = [("", lambda x: attacks.bounded_perturbation(x, eps, sarl_net.actor_mean(x)))]
+        elif name == "paad":  # PA-AD: the director's mean direction, turned into s' by the actor it was trained with
+            paad_net, paad_args = learned["paad"][0], learned["paad"][1]["args"]
+            variants[name] = [("", lambda x: attacks.paad_actor(
+                agent, x, eps, paad_net.actor_mean(x), steps=paad_args["actor_steps"], step_size=paad_args["actor_step_size"]
+            ))]
 
     results = {}
-    for name, perturb in perturbs.items():
-        t0 = time.time()
-        video = None
-        if args.capture_video:
-            video = (args.video_episodes, video_dir, name, args.video_size, args.video_frames)
-        if name == "rs":  # one evaluation per Q model of the grid; the attack's result is the worst of them
-            worst_rs = None
-            for (rs_eps, rs_reg), q_net in robust_sarsa_models(agent, args.checkpoint, ckpt, args):
-                torch.manual_seed(args.seed)
-                perturb = lambda x, q=q_net: attacks.q_pgd(agent, x, eps, q, steps=args.attack_steps)
-                rs_returns, rs_lengths = run_episodes(agent, env_id, ckpt["obs_rms"], args.num_episodes, perturb, args.stochastic, args.seed, video)
-                print(f"  rs (eps_rs={rs_eps:g}, reg={rs_reg:g}) {rs_returns.mean():9.1f}")
-                if worst_rs is None or rs_returns.mean() < worst_rs[0].mean():
-                    worst_rs = (rs_returns, rs_lengths)
-            returns, lengths = worst_rs
-        else:
+    for name, options in variants.items():
+        t0, best = time.time(), None
+        for label, perturb in options:
+            video = None
+            if args.capture_video:
+                video = (args.video_episodes, video_dir, name + (f"-{label}" if label else ""), args.video_size, args.video_frames)
             torch.manual_seed(args.seed)
             returns, lengths = run_episodes(agent, env_id, ckpt["obs_rms"], args.num_episodes, perturb, args.stochastic, args.seed, video)
+            if len(options) > 1:
+                print(f"  {name} ({label}) {returns.mean():9.1f}", flush=True)
+            if best is None or returns.mean() < best[1].mean():
+                best = (label, returns, lengths)
+        label, returns, lengths = best
         results[name] = {
             "mean": float(returns.mean()), "std": float(returns.std()), "min": float(returns.min()), "max": float(returns.max()),
             "length_mean": float(lengths.mean()), "returns": returns.tolist(), "seconds": round(time.time() - t0, 2),
+            "variant": label, "variants_evaluated": len(options),
         }
         print(f"  {name:8s} {returns.mean():9.1f} ± {returns.std():7.1f}   length {lengths.mean():6.1f}   ({time.time() - t0:.1f} s)", flush=True)
 
     natural = results["natural"]["mean"]
-    worst_name = min(results, key=lambda k: results[k]["mean"])
-    worst = results[worst_name]["mean"]
-    robustness = (worst - natural) / natural if natural != 0 else float("nan")
+    attacked = [k for k in results if k != "natural"]  # the worst case is the minimum over the attacks
+    worst_name = min(attacked, key=lambda k: results[k]["mean"]) if attacked else None
+    worst = results[worst_name]["mean"] if attacked else None
+    robustness = (worst - natural) / natural if attacked and natural != 0 else None
     lines = [
         f"| {env_id} ({ckpt.get('algo', '?')}), eps = {eps}, {args.num_episodes} episodes | return (mean ± std) |",
         "|---|---|",
     ]
-    lines += [f"| {k} | {v['mean']:.1f} ± {v['std']:.1f} |" for k, v in results.items()]
-    lines += [f"| **worst case** ({worst_name}) | **{worst:.1f}** |", f"| robustness (worst − natural)/natural | {robustness:+.1%} |"]
+    for name, r in results.items():
+        label = f"{name} ({r['variant']})" if r["variant"] else name
+        lines.append(f"| {label} | {r['mean']:.1f} ± {r['std']:.1f} |")
+    if attacked:
+        lines += [f"| **worst case** ({worst_name}) | **{worst:.1f}** |"]
+        lines += [f"| robustness (worst − natural)/natural | {robustness:+.1%} |" if robustness is not None else "| robustness | n/a |"]
     print("\n" + "\n".join(lines))
 
     out = args.output or os.path.join(ckpt_dir, f"eval_eps{eps:g}.json")
     report = {
         "checkpoint": os.path.abspath(args.checkpoint), "env_id": env_id, "algo": ckpt.get("algo"),
         "global_step": ckpt.get("global_step"), "epsilon": eps, "num_episodes": args.num_episodes,
-        "deterministic": not args.stochastic, "mad_beta": args.mad_beta, "attack_steps": args.attack_steps,
+        "deterministic": not args.stochastic, "mad_betas": mad_betas, "attack_steps": args.attack_steps,
         "results": results, "worst_case": worst, "worst_attack": worst_name, "robustness": robustness,
+        "learned_adversaries": {
+            name: {"path": adv["path"], "global_step": adv["global_step"], "learning_rate": adv["args"]["learning_rate"],
+                   "ent_coef": adv["args"]["ent_coef"], "grid": adv["grid"]}
+            for name, (_, adv) in learned.items()
+        },
     }
     with open(out + ".tmp", "w") as f:
         json.dump(report, f, indent=2)

@@ -39,6 +39,17 @@ def read_scalars(run_dir):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process tests use one torch thread, like the scripts: a second thread only contends for the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_spo_checkpoint(tmp_path_factory):
     """A Hopper-v5 SPO checkpoint from a 128-step run, shared by the tests that only need some checkpoint."""

@@ -97,7 +97,7 @@ def test_negative_epsilon_or_kappa_is_one_line_error(script, flag, tmp_path):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_hand_written_inner_gradients_match_autograd(seed):
-    """The inner solvers differentiate by hand for speed (attacks.actor_input_grad, ARPO's ppo_loss_grad);
+    """The inner solvers differentiate by hand for speed (attacks.mlp_input_grad, ARPO's ppo_loss_grad);
     both must equal autograd's gradient of the objective they stand for."""
     import arpo_ppo
 
@@ -107,7 +107,7 @@ def test_hand_written_inner_gradients_match_autograd(seed):
     mu_clean, var = agent.actor_mean(obs).detach(), agent.actor_logstd.exp().detach() ** 2
     kl2 = (((agent.actor_mean(x) - mu_clean) ** 2) / var).sum()
     (expected,) = torch.autograd.grad(kl2, x)
-    got = attacks.actor_input_grad(agent.actor_mean, x.detach(), lambda mu: 2 * (mu - mu_clean) / var)
+    got = attacks.mlp_input_grad(agent.actor_mean, x.detach(), lambda mu: 2 * (mu - mu_clean) / var)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6)
     # ARPO: sum_i clipped PPO loss at x; capture the head gradient arpo_inner hands to attacks.pgd
     ppo = clipped_surrogate(agent.get_action_and_value(x, actions)[1], logprobs, adv, 0.2).sum()
@@ -119,7 +119,7 @@ def test_hand_written_inner_gradients_match_autograd(seed):
         arpo_ppo.arpo_inner(agent, obs, actions, logprobs, adv, 0.1, 10, None, 0.2)
     finally:
         attacks.pgd = real_pgd
-    got = attacks.actor_input_grad(agent.actor_mean, x.detach(), captured["head_grad"])
+    got = attacks.mlp_input_grad(agent.actor_mean, x.detach(), captured["head_grad"])
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6)
     # the clipped branch (zero slope) is the max for some samples, so both branches were exercised
     ratio = (agent.get_action_and_value(x, actions)[1] - logprobs).exp()
@@ -127,11 +127,11 @@ def test_hand_written_inner_gradients_match_autograd(seed):
     assert clipped_active.any() and (~clipped_active).any()
 
 
-def test_actor_input_grad_falls_back_to_autograd_for_other_actors():
+def test_mlp_input_grad_falls_back_to_autograd_for_other_actors():
     actor = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
     x = torch.randn(7, 5, requires_grad=True)
     (expected,) = torch.autograd.grad((actor(x) ** 2).sum(), x)
-    assert torch.allclose(attacks.actor_input_grad(actor, x.detach(), lambda mu: 2 * mu), expected)
+    assert torch.allclose(attacks.mlp_input_grad(actor, x.detach(), lambda mu: 2 * mu), expected)
 
 
 @pytest.mark.parametrize("script,algo_flag", [("arpo_ppo.py", ["--soft-worst-case-lambda", "0"]), ("barpo_ppo.py", ["--inner-beta", "-1"])])

@@ -1,0 +1,211 @@
+"""The learned attacks SA-RL (sarl_attack.py) and PA-AD (paad_attack.py): smoke runs with tiny budgets, their
+pick-up by evaluate.py, the perturbations' ball property, PA-AD's actor step, and bad input."""
+import hashlib
+import json
+import shutil
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import attacks
+import paad_attack
+import sarl_attack
+from conftest import TINY, assert_one_line_error, read_scalars, run_script
+from spo_ppo import Agent
+
+# one iteration of 2 sub-envs x 64 steps
+TINY_ADV = [*TINY, "--num-envs", "2"]
+SCRIPTS = {"sarl": "sarl_attack.py", "paad": "paad_attack.py"}
+
+
+def copy_victim(checkpoint, directory):
+    """A private copy of the session's tiny checkpoint: adversaries are written next to their victim."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(checkpoint, directory / "agent.pt")
+    return directory / "agent.pt"
+
+
+@pytest.fixture(scope="module")
+def trained_victim(tmp_path_factory, tiny_spo_checkpoint):
+    """A victim with a tiny-budget SA-RL adversary and PA-AD director next to it."""
+    victim = copy_victim(tiny_spo_checkpoint, tmp_path_factory.mktemp("learned") / "victim")
+    for name, script in SCRIPTS.items():
+        run_script(script, victim, *TINY_ADV, "--run-dir", victim.parent / f"tb_{name}")
+    return victim
+
+
+@pytest.mark.parametrize("name", ["sarl", "paad"])
+def test_smoke_run_writes_a_self_describing_adversary(trained_victim, name):
+    adv = torch.load(trained_victim.parent / f"{name}_eps0.075.pt", weights_only=True)
+    assert adv["attack"] == name and adv["env_id"] == "Hopper-v5" and adv["epsilon"] == 0.075
+    assert adv["victim_sha1"] == hashlib.sha1(trained_victim.read_bytes()).hexdigest()
+    assert adv["global_step"] == 128 and adv["args"]["total_timesteps"] == 128
+    assert adv["obs_dim"] == 11 and adv["action_dim"] == (11 if name == "sarl" else 3)  # PA-AD acts in action space
+    assert len(adv["reward_rms"]) == 2 and all(r["count"] > 1 for r in adv["reward_rms"])
+    net = Agent(adv["obs_dim"], adv["action_dim"], adv["hidden_size"])
+    net.load_state_dict(adv["adversary"])  # the state dict matches the recorded sizes
+    assert not list(trained_victim.parent.glob("*.tmp"))
+    scalars = read_scalars(str(trained_victim.parent / f"tb_{name}"))
+    for tag in ["losses/policy_loss", "losses/value_loss", "losses/approx_kl", "charts/SPS", "charts/victim_episodic_return"]:
+        assert len(scalars[tag]) >= 1, tag
+
+
+def test_evaluate_reports_learned_attacks_and_worst_case_over_all(trained_victim, tmp_path):
+    out = tmp_path / "eval.json"
+    proc = run_script("evaluate.py", trained_victim, "--attacks", "sarl,paad", "--num-episodes", "2", "--output", out)
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"natural", "sarl", "paad"}
+    assert report["learned_adversaries"]["sarl"]["path"].endswith("sarl_eps0.075.pt")
+    assert report["learned_adversaries"]["paad"]["global_step"] == 128
+    assert "| sarl |" in proc.stdout and "| paad |" in proc.stdout
+
+    out = tmp_path / "all.json"
+    proc = run_script("evaluate.py", trained_victim, "--attacks", "all", "--num-episodes", "2", "--rs-steps", "400",
+                      "--rs-epochs", "1", "--output", out)
+    report = json.loads(out.read_text())
+    means = {k: v["mean"] for k, v in report["results"].items()}
+    assert set(means) == {"natural", "random", "critic", "mad", "rs", "sarl", "paad"}
+    attacked = {k: v for k, v in means.items() if k != "natural"}
+    assert report["worst_case"] == min(attacked.values()) and report["worst_attack"] == min(attacked, key=attacked.get)
+    assert "note: skipping" not in proc.stdout
+
+
+def test_all_without_adversaries_notes_and_explicit_request_is_an_error(tiny_spo_checkpoint, tmp_path):
+    victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
+    out = tmp_path / "all.json"
+    proc = run_script("evaluate.py", victim, "--attacks", "all", "--num-episodes", "2", "--rs-steps", "400",
+                      "--rs-epochs", "1", "--output", out)
+    assert set(json.loads(out.read_text())["results"]) == {"natural", "random", "critic", "mad", "rs"}
+    assert f"note: skipping sarl" in proc.stdout and f"python sarl_attack.py {victim} --epsilon 0.075" in proc.stdout
+    assert f"note: skipping paad" in proc.stdout and "python paad_attack.py" in proc.stdout
+    for name in SCRIPTS:
+        proc = run_script("evaluate.py", victim, "--attacks", name, "--num-episodes", "2", check=False)
+        assert_one_line_error(proc, name, f"{name}_attack.py", "--train-learned")
+
+
+def test_stale_adversary_is_ignored(trained_victim, tmp_path):
+    victim = copy_victim(trained_victim, tmp_path / "victim")
+    shutil.copy(trained_victim.parent / "sarl_eps0.075.pt", victim.parent)
+    proc = run_script("evaluate.py", victim, "--attacks", "sarl", "--num-episodes", "2", "--output", tmp_path / "a.json")
+    assert "sarl" in json.loads((tmp_path / "a.json").read_text())["results"]  # same bytes: accepted
+    ckpt = torch.load(victim, weights_only=True)
+    ckpt["global_step"] += 1  # another version of the victim
+    torch.save(ckpt, victim)
+    proc = run_script("evaluate.py", victim, "--attacks", "sarl", "--num-episodes", "2", check=False)
+    assert_one_line_error(proc, "sha1")
+    proc = run_script("evaluate.py", victim, "--attacks", "sarl", "--epsilon", "0.05", "--num-episodes", "2", check=False)
+    assert_one_line_error(proc, "no sarl_eps0.05.pt")  # an adversary is specific to its eps
+
+
+def test_train_learned_trains_the_missing_adversaries(tiny_spo_checkpoint, tmp_path):
+    victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
+    out = tmp_path / "eval.json"
+    proc = run_script("evaluate.py", victim, "--attacks", "sarl,paad", "--num-episodes", "2", "--train-learned",
+                      "--learned-args=" + " ".join(TINY_ADV), "--output", out)
+    assert (victim.parent / "sarl_eps0.075.pt").is_file() and (victim.parent / "paad_eps0.075.pt").is_file()
+    assert set(json.loads(out.read_text())["results"]) == {"natural", "sarl", "paad"}
+    assert "training one now" in proc.stdout
+    proc = run_script("evaluate.py", victim, "--attacks", "sarl,paad", "--num-episodes", "2", "--train-learned",
+                      "--learned-args=" + " ".join(TINY_ADV), "--output", out)
+    assert "training one now" not in proc.stdout  # present and fresh: reused
+
+
+def test_grid_keeps_the_setting_with_the_lowest_victim_return(tiny_spo_checkpoint, tmp_path):
+    victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
+    proc = run_script("paad_attack.py", victim, *TINY_ADV, "--grid", "--grid-learning-rates", "1e-4", "1e-2",
+                      "--grid-episodes", "2", "--run-dir", tmp_path / "tb")
+    adv = torch.load(victim.parent / "paad_eps0.075.pt", weights_only=True)
+    assert [g["learning_rate"] for g in adv["grid"]] == [1e-4, 1e-2]
+    best = min(adv["grid"], key=lambda g: g["victim_return"])
+    assert adv["args"]["learning_rate"] == best["learning_rate"]
+    assert sum(line.startswith("grid: lr") for line in proc.stdout.splitlines()) == 2 and (tmp_path / "tb" / "lr0.01_ent0").is_dir()
+
+
+def random_victim_and_adversaries(seed):
+    g = np.random.default_rng(seed)
+    obs_dim, act_dim, hidden, batch = int(g.integers(1, 20)), int(g.integers(1, 6)), int(g.integers(4, 32)), int(g.integers(1, 50))
+    torch.manual_seed(seed)
+    nets = [Agent(obs_dim, act_dim, hidden), Agent(obs_dim, obs_dim, hidden), Agent(obs_dim, act_dim, hidden)]
+    for net in nets:  # large weights: the adversaries' outputs go far outside [-1, 1]
+        for p in net.parameters():
+            nn.init.normal_(p, std=float(g.uniform(0.3, 3)))
+    obs = torch.randn(batch, obs_dim) * float(g.uniform(0.1, 5))
+    return nets, obs
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("eps", [0.0, 0.01, 0.3, 2.0])
+def test_learned_perturbations_stay_in_the_ball(seed, eps):
+    (victim, sarl_net, director), obs = random_victim_and_adversaries(seed)
+    script_args = types.SimpleNamespace(actor_steps=10, actor_step_size=None)
+    with torch.no_grad():
+        sarl_action = sarl_net.get_action_and_value(obs)[0]  # a training-time sample, as the rollout uses
+        direction = director.get_action_and_value(obs)[0]
+    produced = {
+        "sarl (rollout)": sarl_attack.perturb(victim, obs, eps, sarl_action, script_args),
+        "sarl (evaluation)": attacks.bounded_perturbation(obs, eps, sarl_net.actor_mean(obs)),
+        "sarl (huge action)": attacks.bounded_perturbation(obs, eps, 1e6 * torch.randn_like(obs)),
+        "paad (rollout)": paad_attack.perturb(victim, obs, eps, direction, script_args),
+        "paad (evaluation)": attacks.paad_actor(victim, obs, eps, director.actor_mean(obs)),
+        "paad (3 big steps)": attacks.paad_actor(victim, obs, eps, direction, steps=3, step_size=eps),
+    }
+    for name, x in produced.items():
+        assert x.shape == obs.shape and x.dtype == obs.dtype and not x.requires_grad, name
+        if eps == 0:
+            assert torch.equal(x, obs), name
+        else:
+            assert (x <= obs + eps).all() and (x >= obs - eps).all(), name
+            assert (x != obs).any(), name
+
+
+def test_bounded_perturbation_is_eps_hardtanh_and_refuses_negative_eps():
+    obs = torch.zeros(1, 4)
+    x = attacks.bounded_perturbation(obs, 0.5, torch.tensor([[-3.0, -0.5, 0.2, 7.0]]))
+    assert torch.allclose(x, torch.tensor([[-0.5, -0.25, 0.1, 0.5]]))
+    with pytest.raises(ValueError):
+        attacks.bounded_perturbation(obs, -0.1, obs)
+    with pytest.raises(ValueError):
+        attacks.paad_actor(Agent(4, 2), obs, -0.1, torch.ones(1, 2))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_paad_actor_moves_the_action_along_the_direction_more_than_random(seed):
+    (victim, _, _), _ = random_victim_and_adversaries(seed)
+    obs_dim, act_dim = victim.actor_mean[0].in_features, victim.actor_mean[-1].out_features
+    obs = torch.randn(256, obs_dim)
+    d = torch.randn(256, act_dim)
+    d = d / d.norm(dim=-1, keepdim=True)
+    eps = 0.1
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        mu = victim.actor_mean(obs)
+        along_paad = ((victim.actor_mean(attacks.paad_actor(victim, obs, eps, d)) - mu) * d).sum(-1).mean()
+        along_random = ((victim.actor_mean(attacks.random(victim, obs, eps)) - mu) * d).sum(-1).mean()
+        along_opposite = ((victim.actor_mean(attacks.paad_actor(victim, obs, eps, -d)) - mu) * d).sum(-1).mean()
+    assert along_paad > 0 and along_paad > along_random + 0.5 * along_paad.abs()
+    assert along_opposite < 0  # the direction, not just any large move, is what the actor follows
+
+
+@pytest.mark.parametrize("name", ["sarl", "paad"])
+def test_bad_input_is_one_line_error(name, tiny_spo_checkpoint, tmp_path):
+    script = SCRIPTS[name]
+    assert_one_line_error(run_script(script, tmp_path / "nope.pt", *TINY_ADV, check=False), "does not exist")
+    victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
+    assert_one_line_error(run_script(script, victim, "--env-id", "Walker2d-v5", *TINY_ADV, check=False), "Hopper-v5", "Walker2d-v5")
+    assert_one_line_error(run_script(script, victim, "--epsilon", "-0.1", *TINY_ADV, check=False), "epsilon")
+    assert not list(victim.parent.glob(f"{name}_*"))  # nothing written
+
+
+@pytest.mark.parametrize("name", ["sarl", "paad"])
+def test_nan_loss_is_one_line_error_and_keeps_the_existing_adversary(name, tiny_spo_checkpoint, tmp_path):
+    victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
+    existing = victim.parent / f"{name}_eps0.075.pt"
+    existing.write_bytes(b"an earlier adversary")
+    # an infinite std makes every log-probability NaN
+    proc = run_script(SCRIPTS[name], victim, *TINY_ADV, "--init-logstd", "1000", "--run-dir", tmp_path / "tb", check=False)
+    assert_one_line_error(proc, "non-finite")
+    assert existing.read_bytes() == b"an earlier adversary"
+    assert not list(victim.parent.glob("*.tmp"))
