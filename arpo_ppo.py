@@ -203,7 +203,7 @@ def arpo_inner(agent, obs, actions, oldlogprob, advantages, eps, steps, step_siz
         unclipped = -advantages * ratio >= -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
         return (-advantages * ratio * unclipped).unsqueeze(1) * (actions - mu) / var
 
-    return attacks.pgd(obs, eps, steps=steps, step_size=step_size, maximise=True, actor_mean=agent.actor_mean, head_grad=ppo_loss_grad)
+    return attacks.pgd(obs, eps, steps=steps, step_size=step_size, maximise=True, net=agent.actor_mean, head_grad=ppo_loss_grad)
 
 
 def merged_rms(envs, name):
