@@ -53,6 +53,7 @@ PRESET_STEPS = {
     "paper": {"Ant": 10_000_000, "default": 2_000_000},
     "quick": {"Ant": 2_000_000, "default": 500_000},
 }
+ATTACK_ORDER = ["random", "critic", "mad", "rs", "sarl", "paad"]  # weakest-looking first, learned last
 # SPEC.md §7: the paper's BAR-PPO (natural / worst case), median of 17 agents, 2M steps, gym -v2
 PAPER_BARPO = {"Hopper": (3684, 1340), "Walker2d": (4732, 2699), "HalfCheetah": (4837, 3181), "Ant": (5024, 2825)}
 
@@ -218,7 +219,7 @@ def iqr(values):
 def load_results(root):
     """{env_id: {algo: [report, ...]}} from root/<env>/<algo>/s<seed>/eval.json."""
     results = {}
-    for path in sorted(glob.glob(os.path.join(root, "*", "*", "s*", "eval.json"))):
+    for path in sorted(p for p in glob.glob(os.path.join(root, "*", "*", "s*", "eval.json")) if os.path.isfile(p)):
         env_id, algo = path.split(os.sep)[-4:-2]
         with open(path) as f:
             report = json.load(f)
@@ -264,7 +265,9 @@ def aggregate(args: Aggregate):
              "[interquartile range] over seeds of the 50-episode mean return; worst case = minimum over the "
              "attacks evaluated; robustness = (worst − natural) / natural.", ""]
     for env_id, by_algo in results.items():
-        attacks = sorted({a for reps in by_algo.values() for r in reps for a in r["results"] if a != "natural"})
+        seen = {a for reps in by_algo.values() for r in reps for a in r["results"] if a != "natural"}
+        attacks = [a for a in ATTACK_ORDER if a in seen] + sorted(seen - set(ATTACK_ORDER))
+        by_algo = dict(sorted(by_algo.items(), key=lambda kv: list(ALGOS).index(kv[0]) if kv[0] in ALGOS else len(ALGOS)))
         eps = sorted({r["epsilon"] for reps in by_algo.values() for r in reps})
         lines += [f"### {env_id} (ε = {', '.join(map(str, eps))})", "",
                   "| algorithm | seeds | natural | " + " | ".join(attacks) + " | worst case | robustness |",
