@@ -17,7 +17,8 @@ Algorithms (the paper's four configurations plus PPO):
     arpo_k1   arpo_ppo.py --kappa 1           barpo_k0  barpo_ppo.py --kappa 0 ("w/o guidance")
     barpo_k1  barpo_ppo.py --kappa 1 (BARPO)
 Presets carry the per-env learning rates of the robust-RL literature (SPEC.md §3): `paper` = 2M steps
-(Ant 10M), `quick` = 500k steps (Ant 2M), same learning rates.
+(Ant 10M) and Robust Sarsa's grid of 6 Q models in the evaluation, `quick` = 500k steps (Ant 2M) and one
+Q model, same learning rates.
 """
 import glob
 import json
@@ -134,7 +135,7 @@ def jobs_of(args):
                          "--run-dir", run_dir, "--save-every", str(args.save_every), "--resume"]
                 evaluate = [sys.executable, os.path.join(REPO, "evaluate.py"), os.path.join(run_dir, "agent.pt"),
                             "--attacks", args.attacks, "--num-episodes", str(args.eval_episodes),
-                            "--output", os.path.join(run_dir, "eval.json")]
+                            "--output", os.path.join(run_dir, "eval.json")] + (["--rs-grid"] if args.preset == "paper" else [])
                 jobs.append({"name": f"{env_id}/{algo}/s{seed}", "run_dir": run_dir, "train": train, "evaluate": evaluate})
     return jobs
 
