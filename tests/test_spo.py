@@ -20,6 +20,12 @@ def test_smoke_train_then_evaluate(tmp_path):
     for tag in ["losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac",
                 "losses/explained_variance", "charts/SPS", "charts/learning_rate"]:
         assert len(scalars[tag]) == 2, tag
+    # episodes of a random Hopper policy last tens of steps: SAME_STEP's final_info must have been read,
+    # with the raw (unnormalised) return and a length that is a whole number of steps
+    episodes = scalars["charts/episodic_return"]
+    lengths = [l for _, l in scalars["charts/episodic_length"]]
+    assert len(episodes) >= 2 and all(l == int(l) and 1 <= l < 128 for l in lengths)
+    assert all(0 < r < 10 * l for (_, r), l in zip(episodes, lengths))  # Hopper pays about 1 per step alive
 
     out = tmp_path / "eval.json"
     proc = run_script("evaluate.py", run_dir / "agent.pt", "--num-episodes", "4", "--output", out)
