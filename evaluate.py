@@ -23,6 +23,7 @@ deterministically (its mean action). `--attacks all` includes them when present 
 that trains a missing one; `--train-learned` trains the missing ones first (default budgets, about 17 and 14
 min each on one core for Hopper; TensorBoard logs next to the checkpoint in <attack>_eps<eps>_tb/).
 """
+import hashlib
 import json
 import os
 import time
@@ -282,12 +283,14 @@ def train_robust_sarsa(agent, data, rs_eps, rs_reg, epochs, gamma=0.99, batch_si
     return q_net, history
 
 
-def robust_sarsa_models(agent, ckpt_path, ckpt, args):
-    """The Q models of the RS attack: cached next to the checkpoint (keyed by its content) or trained now."""
-    import hashlib
+def file_sha1(path):
+    """Content hash of a checkpoint: trained attack models (RS's Q, SA-RL, PA-AD) are keyed by their victim's."""
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
 
-    with open(ckpt_path, "rb") as f:
-        digest = hashlib.sha1(f.read()).hexdigest()[:12]
+
+def robust_sarsa_models(agent, ckpt_path, ckpt, args, digest):
+    """The Q models of the RS attack: cached next to the checkpoint (keyed by its sha1 `digest`) or trained now."""
     grid = [(e, r) for e in (0.02, 0.05, 0.1) for r in (0.1, 1.0)] if args.rs_grid else [(args.rs_eps, args.rs_reg)]
     obs_dim, act_dim = int(np.prod(ckpt["obs_shape"])), int(np.prod(ckpt["action_shape"]))
     data, models = None, []
@@ -407,12 +410,8 @@ if __name__ == "__main__":
     video_dir = args.video_dir or os.path.join("videos", os.path.basename(ckpt_dir))
     print(f"{args.checkpoint}: {ckpt.get('algo', '?')} on {env_id}, {ckpt.get('global_step', '?')} steps; eps = {eps}")
 
+    victim_sha1 = file_sha1(args.checkpoint)
     learned = {}  # sarl / paad: (adversary network, its checkpoint), trained beforehand against this checkpoint
-    if any(name in LEARNED_ATTACKS for name in names):
-        import hashlib
-
-        with open(args.checkpoint, "rb") as f:
-            victim_sha1 = hashlib.sha1(f.read()).hexdigest()
     for name in [n for n in names if n in LEARNED_ATTACKS]:
         found, why = load_learned_adversary(name, args.checkpoint, eps, victim_sha1)
         if found is None and args.train_learned:
@@ -443,7 +442,7 @@ if __name__ == "__main__":
         elif name == "rs":  # Robust Sarsa: the Q models are trained (or loaded from the cache) first
             variants[name] = [
                 (f"eps_rs={rs_eps:g},reg={rs_reg:g}", lambda x, q=q_net: attacks.q_pgd(agent, x, eps, q, steps=args.attack_steps))
-                for (rs_eps, rs_reg), q_net in robust_sarsa_models(agent, args.checkpoint, ckpt, args)
+                for (rs_eps, rs_reg), q_net in robust_sarsa_models(agent, args.checkpoint, ckpt, args, victim_sha1)
             ]
         elif name == "sarl":  # SA-RL: s' = s + eps * hardtanh(adversary's mean action)
             sarl_net = learned["sarl"][0]

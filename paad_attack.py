@@ -31,7 +31,7 @@ overwrites it. `python evaluate.py <victim> --attacks paad` then evaluates it de
 
 Budget (measured, Hopper-v5, 1 thread, 8 sub-envs x 256 steps, while two other training jobs shared the
 2 cores): about 1,780 steps/s including the 10-step actor at every step and the PPO update (1,470 with 4
-sub-envs: the batched actor is cheaper per state), so the default 1,500,000 steps take ~14 minutes (faster
+sub-envs: the batched actor is cheaper per state), so the default 1,500,000 steps take ~15 minutes (faster
 on an idle core; about half as fast when 4 processes share the 2 cores; Ant's env steps are ~1.7x slower).
 Fewer steps than sarl_attack.py's 2,000,000: the director searches the (smaller) action space, which is
 PA-AD's efficiency argument. The literature trains each adversary for millions of steps:
@@ -54,7 +54,6 @@ are a small scan, so the victim returns we report under paad may be higher than 
     python paad_attack.py runs/<run>/agent.pt --grid             # 3 learning rates, keep the strongest
     python evaluate.py runs/<run>/agent.pt --attacks all         # now includes paad
 """
-import hashlib
 import os
 import platform
 import random
@@ -101,7 +100,7 @@ class Args:
 
     # Algorithm specific arguments (the director's PPO)
     total_timesteps: int = 1500000
-    """total environment steps of adversary training (default: ~14 min on one contended core for Hopper)"""
+    """total environment steps of adversary training (default: ~15 min on one core for Hopper)"""
     literature_budget: bool = False
     """train for 5,000,000 steps instead of --total-timesteps (a literature-scale budget)"""
     learning_rate: float = 3e-4
@@ -165,11 +164,6 @@ class Args:
 def adversary_path(victim_path, eps):
     """Where the adversary of this victim and eps lives (and where evaluate.py looks for it)."""
     return os.path.join(os.path.dirname(os.path.abspath(victim_path)), f"{ATTACK}_eps{eps:g}.pt")
-
-
-def file_sha1(path):
-    with open(path, "rb") as f:
-        return hashlib.sha1(f.read()).hexdigest()
 
 
 def make_env(env_id, obs_rms, gamma):
@@ -432,7 +426,7 @@ def main(args):
         raise SystemExit("error: --actor-steps must be positive")
     torch.set_num_threads(args.threads)
     out = args.output or adversary_path(args.victim, eps)
-    victim_sha1 = file_sha1(args.victim)
+    victim_sha1 = evaluate.file_sha1(args.victim)
     run_name = f"{victim_ckpt['env_id']}__{args.exp_name}__eps{eps:g}__{args.seed}__{int(time.time())}"
     run_dir = args.run_dir or os.path.join("runs", run_name)
     print(f"{ATTACK}: adversary for {args.victim} ({victim_ckpt['env_id']}), eps = {eps:g}, {args.num_iterations * args.batch_size} steps")

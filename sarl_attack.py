@@ -45,7 +45,6 @@ search would give (our attack may be weaker).
     python sarl_attack.py runs/<run>/agent.pt --grid             # 3 learning rates, keep the strongest
     python evaluate.py runs/<run>/agent.pt --attacks all         # now includes sarl
 """
-import hashlib
 import os
 import platform
 import random
@@ -152,11 +151,6 @@ class Args:
 def adversary_path(victim_path, eps):
     """Where the adversary of this victim and eps lives (and where evaluate.py looks for it)."""
     return os.path.join(os.path.dirname(os.path.abspath(victim_path)), f"{ATTACK}_eps{eps:g}.pt")
-
-
-def file_sha1(path):
-    with open(path, "rb") as f:
-        return hashlib.sha1(f.read()).hexdigest()
 
 
 def make_env(env_id, obs_rms, gamma):
@@ -417,7 +411,7 @@ def main(args):
         raise SystemExit("error: --num-minibatches is larger than the batch (num_envs * num_steps)")
     torch.set_num_threads(args.threads)
     out = args.output or adversary_path(args.victim, eps)
-    victim_sha1 = file_sha1(args.victim)
+    victim_sha1 = evaluate.file_sha1(args.victim)
     run_name = f"{victim_ckpt['env_id']}__{args.exp_name}__eps{eps:g}__{args.seed}__{int(time.time())}"
     run_dir = args.run_dir or os.path.join("runs", run_name)
     print(f"{ATTACK}: adversary for {args.victim} ({victim_ckpt['env_id']}), eps = {eps:g}, {args.num_iterations * args.batch_size} steps")
