@@ -11,7 +11,8 @@ env: Hopper 0.075, Walker2d 0.05, HalfCheetah 0.15, Ant 0.15); the environment e
 All episodes run in lockstep in one vector env, so each attack is one batched call per time step.
 
 Output: a markdown table (mean ± std per attack, worst case = minimum over attacks, robustness =
-(worst - natural) / natural) and the same as JSON next to the checkpoint (eval_eps<eps>.json).
+(worst - natural) / natural) and the same as JSON next to the checkpoint (eval_eps<eps>.json for --attacks all, else
+eval_eps<eps>_<attacks>.json).
 
 Robust Sarsa (rs) trains a Q^pi of the frozen victim first (cached next to the checkpoint as
 rs_q_*.pt and reused); see `train_robust_sarsa` for the procedure and what it approximates.
@@ -491,7 +492,9 @@ if __name__ == "__main__":
         lines += [f"| robustness (worst − natural)/natural | {robustness:+.1%} |" if robustness is not None else "| robustness | n/a |"]
     print("\n" + "\n".join(lines))
 
-    out = args.output or os.path.join(ckpt_dir, f"eval_eps{eps:g}.json")
+    # the default name says which attacks ran, so a quick `--attacks random` never replaces a full `--attacks all`
+    suffix = "" if args.attacks == "all" else "_" + ("-".join(names) or "natural")
+    out = args.output or os.path.join(ckpt_dir, f"eval_eps{eps:g}{suffix}.json")
     report = {
         "checkpoint": os.path.abspath(args.checkpoint), "env_id": env_id, "algo": ckpt.get("algo"),
         "global_step": ckpt.get("global_step"), "epsilon": eps, "num_episodes": args.num_episodes,

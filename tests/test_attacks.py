@@ -1,5 +1,6 @@
 """attacks.py properties over random small networks, and the attack evaluation command."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -111,6 +112,16 @@ def test_natural_only_evaluation_has_no_worst_case(tiny_spo_checkpoint, tmp_path
     proc = run_script("evaluate.py", tiny_spo_checkpoint, "--num-episodes", "2", "--output", tmp_path / "n.json")
     report = json.loads((tmp_path / "n.json").read_text())
     assert report["worst_case"] is None and report["robustness"] is None and "worst case" not in proc.stdout
+
+
+def test_default_output_name_says_which_attacks_ran(tiny_spo_checkpoint, tmp_path):
+    ckpt = tmp_path / "agent.pt"
+    shutil.copy(tiny_spo_checkpoint, ckpt)
+    run_script("evaluate.py", ckpt, "--num-episodes", "2", "--attacks", "random,critic", "--epsilon", "0.05")
+    run_script("evaluate.py", ckpt, "--num-episodes", "2", "--epsilon", "0.05")
+    written = sorted(p.name for p in tmp_path.glob("eval_*.json"))
+    assert written == ["eval_eps0.05_natural.json", "eval_eps0.05_random-critic.json"]  # no full-set name taken
+    assert set(json.loads((tmp_path / written[1]).read_text())["results"]) == {"natural", "random", "critic"}
 
 
 def test_evaluate_bad_attack_and_bad_eps(tiny_spo_checkpoint):
