@@ -93,7 +93,16 @@ def test_aggregate_medians_and_iqr_from_fixture_jsons(tmp_path):
     assert "| barpo_k1 | 4 | 2500 [1750, 3250] | 2490 [1740, 3240] | 650 [325, 1175] | 650 [325, 1175] |" in text
     assert "| spo | 1 | 3000 [3000, 3000] | 2500 [2500, 2500] | 300 [300, 300] | 300 [300, 300] | -90% [-90%, -90%] |" in text
     assert text.index("| spo |") < text.index("| barpo_k1 |")  # algorithms in the canonical order
-    assert "hand-written intro that must survive" in text and "natural 3684, worst case 1340" in text
+    assert "hand-written intro that must survive" in text
+    assert "| BARPO (κ = 1): natural / worst case | 2500 / 650 | 3684 / 1340 |" in text  # paper beside ours
+    assert "| BARPO w/o guidance (κ = 0) vs ARPO: natural | – | +75% |" in text  # neither was run here
     assert list((tmp_path / "fig").glob("*.png"))
+    # with ARPO and BARPO w/o guidance: relative medians, natural 3000 vs 2000 = +50%, worst 300 vs 600 = -50%
+    for seed, (nat, mad) in enumerate([(1000, 500), (3000, 700)], 1):
+        write_eval(root, "Hopper-v5", "arpo", seed, nat, {"mad": mad})
+    write_eval(root, "Hopper-v5", "barpo_k0", 1, 3000, {"mad": 300})
     run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig")
-    assert out.read_text().count("<!-- begin") == 1  # re-running replaces its section
+    text = out.read_text()
+    assert text.count("<!-- begin") == 1  # re-running replaces its section
+    assert "| BARPO w/o guidance (κ = 0) vs ARPO: natural | +50% | +75% |" in text
+    assert "| BARPO w/o guidance (κ = 0) vs ARPO: worst case | -50% | +4% |" in text
