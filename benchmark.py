@@ -198,14 +198,22 @@ def run(args: Run):
         for j in todo:
             print(" ".join(j["train"]) + "\n  " + " ".join(j["evaluate"]))
         return
-    start, durations, failed = time.time(), [], []
+    def expected_seconds(job, finished):
+        """Mean duration of the finished runs most like this one: same env and algorithm, else same algorithm, else any."""
+        env, algo = job["name"].split("/")[:2]
+        for alike in (lambda j: j["name"].split("/")[:2] == [env, algo], lambda j: j["name"].split("/")[1] == algo, lambda j: True):
+            seconds = [s for j, s in finished if alike(j)]
+            if seconds:
+                return np.mean(seconds)
+
+    start, finished, failed = time.time(), [], []
     with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        futures = [pool.submit(run_job, j) for j in todo]
+        futures = {pool.submit(run_job, j): j for j in todo}
         for done, future in enumerate(as_completed(futures), 1):
             job, status, seconds = future.result()
-            durations.append(seconds)
-            left = len(todo) - done
-            eta = np.mean(durations) * left / max(1, args.workers) if left else 0
+            finished.append((job, seconds))
+            left = [j for f, j in futures.items() if not f.done()]
+            eta = sum(expected_seconds(j, finished) for j in left) / max(1, args.workers)
             print(f"[{done}/{len(todo)}] {job['name']}: {status} in {seconds / 60:.1f} min; "
                   f"elapsed {(time.time() - start) / 60:.1f} min, ETA {eta / 60:.0f} min", flush=True)
             if status != "ok":
