@@ -1,6 +1,6 @@
 """Throughput benchmark: training SPS of the three scripts, a plain CleanRL-semantics loop for comparison,
 and the evaluation time of each attack. Run it on an otherwise idle machine; it prints a markdown report
-and writes it to docs/benchmarks.md.
+and writes it into docs/benchmarks.md, replacing only its own marked section (the prose around it stays).
 
     python bench.py                                   # training part only
     python bench.py --checkpoint runs/<run>/agent.pt  # + evaluation timings on a trained checkpoint
@@ -29,6 +29,7 @@ import tyro
 
 from torch.distributions.normal import Normal
 
+from benchmark import write_section
 from spo_ppo import Agent, make_env
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -144,7 +145,7 @@ if __name__ == "__main__":
     if args.total_timesteps < 2048 or args.total_timesteps % 2048:
         raise SystemExit("error: --total-timesteps must be a positive multiple of 2048 (whole PPO iterations)")
     torch.set_num_threads(1)
-    lines = [f"# Benchmarks", "", f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
+    lines = [f"## Measured by bench.py", "", f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
              f"{os.cpu_count()} cores, torch {torch.__version__}, one torch thread, one job at a time. Command: "
              f"`python bench.py --total-timesteps {args.total_timesteps}" + (f" --checkpoint {args.checkpoint}`" if args.checkpoint else "`"), ""]
 
@@ -155,7 +156,7 @@ if __name__ == "__main__":
     for script in ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py"]:
         sps[script] = script_sps(script, args.env_id, args.total_timesteps)
         print(f"  {script:27s} {sps[script]:7.0f} SPS", flush=True)
-    lines += [f"## Training ({args.env_id}, {args.total_timesteps} steps each)", "",
+    lines += [f"### Training ({args.env_id}, {args.total_timesteps} steps each)", "",
               "| script | SPS | wall time vs spo_ppo.py | speed vs CleanRL-semantics loop |", "|---|---|---|---|",
               f"| CleanRL-semantics loop (in bench.py) | {base:.0f} | {sps['spo_ppo.py'] / base:.2f}× | 1.00× |"]
     lines += [f"| `{s}` | {v:.0f} | {sps['spo_ppo.py'] / v:.2f}× | {v / base:.2f}× |" for s, v in sps.items()]
@@ -175,14 +176,18 @@ if __name__ == "__main__":
         finally:
             for f in cached:
                 os.replace(os.path.join(rs_dir, f + ".bench"), os.path.join(rs_dir, f))
+        for name in ("sarl", "paad"):  # learned attacks: the evaluation pass only (training them is ~15 min, see README)
+            for f in sorted(os.listdir(rs_dir)):
+                if f.startswith(f"{name}_eps") and f.endswith(".pt"):
+                    results, _ = eval_seconds(args.checkpoint, name, ("--epsilon", f[len(name) + 4 : -3]))
+                    timings[f"{name} (trained adversary, eps {f[len(name) + 4 : -3]})"] = results[name]["seconds"]
         attacked = timings["random"] + timings["critic"] + timings["mad"]
-        lines += ["", "## Evaluation (50 deterministic episodes in lockstep)", "", "| run | seconds |", "|---|---|"]
+        lines += ["", "### Evaluation (50 deterministic episodes in lockstep)", "", "| run | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
         lines += [f"| random + critic + mad vs natural | {attacked / timings['natural']:.2f}× |"]
         for k, v in timings.items():
             print(f"  {k:24s} {v:6.1f} s", flush=True)
     report = "\n".join(lines) + "\n"
     print("\n" + report)
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as f:
-        f.write(report)
+    write_section(args.output, "bench.py", report)  # only the measured section: the prose around it stays
+    print(f"wrote {args.output}")

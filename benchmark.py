@@ -261,6 +261,22 @@ def learning_curves(run_dirs, grid_points=50):
     return grid, np.array([np.interp(grid, s, v) for s, v in curves])
 
 
+def write_section(path, key, text, new_file_head=""):
+    """Put `text` between the markers <!-- begin key --> / <!-- end key --> of the markdown file `path`,
+    replacing what was there and keeping everything else (appended if the markers are missing)."""
+    begin, end = f"<!-- begin {key} -->", f"<!-- end {key} -->"
+    section = begin + "\n" + text.rstrip("\n") + "\n" + end
+    old = open(path).read() if os.path.exists(path) else new_file_head
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + section + old[old.index(end) + len(end) :]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write(new)
+    os.replace(path + ".tmp", path)
+
+
 def aggregate(args: Aggregate):
     results = load_results(args.root)
     if not results:
@@ -348,17 +364,7 @@ def aggregate(args: Aggregate):
         fig.savefig(png, dpi=110)
         plt.close(fig)
         lines += ["", f"![{env_id}]({os.path.relpath(png, os.path.dirname(args.output) or '.')})", ""]
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    begin, end = f"<!-- begin {args.root} -->", f"<!-- end {args.root} -->"
-    section = begin + "\n" + "\n".join(lines) + "\n" + end
-    old = open(args.output).read() if os.path.exists(args.output) else "# Results\n"
-    if begin in old and end in old:  # replace this root's section, keep everything else
-        new = old[: old.index(begin)] + section + old[old.index(end) + len(end) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
-    with open(args.output + ".tmp", "w") as f:
-        f.write(new)
-    os.replace(args.output + ".tmp", args.output)
+    write_section(args.output, args.root, "\n".join(lines), new_file_head="# Results\n")
     print("\n".join(lines))
     print(f"wrote {args.output}")
 
