@@ -1,5 +1,7 @@
 """arpo_ppo.py and barpo_ppo.py: smoke runs, reduction to SPO at eps = 0 and kappa = 0, inner solvers, bad input."""
+import difflib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +31,35 @@ def test_smoke_run_logs_adversary_and_evaluates(script, tmp_path):
     out = tmp_path / "eval.json"
     run_script("evaluate.py", run_dir / "agent.pt", "--num-episodes", "2", "--attacks", "random", "--output", out)
     assert json.loads(out.read_text())["algo"] == script.split("_")[0]
+
+
+def code_lines(script):
+    """The lines of a training script after its module docstring."""
+    lines = (Path(__file__).parent.parent / script).read_text().splitlines()
+    return lines[[i for i, line in enumerate(lines) if '"""' in line][1] + 1 :]
+
+
+@pytest.mark.parametrize("script,tag", [("arpo_ppo.py", "# ARPO:"), ("barpo_ppo.py", "# BARPO:")])
+def test_robust_script_is_spo_plus_tagged_lines(script, tag):
+    """The alignment the README promises: a fix to spo_ppo.py that is not carried over fails here."""
+    spo, robust = code_lines("spo_ppo.py"), code_lines(script)
+    algo = script.split("_")[0]
+    replaceable = {  # the only SPO lines a robust script may change: its name, the policy loss, the progress line
+        '        "algo": "spo",': f'        "algo": "{algo}",',
+        '        if checkpoint["algo"] != "spo" or changed:': f'        if checkpoint["algo"] != "{algo}" or changed:',
+    }
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=spo, b=robust, autojunk=False).get_opcodes():
+        if op == "equal":
+            continue
+        assert op in ("insert", "replace"), f"{script} drops SPO lines {spo[i1:i2]}"
+        changed, added = spo[i1:i2], robust[j1:j2]
+        if changed and all(line in replaceable for line in changed):
+            assert added == [replaceable[line] for line in changed]
+        elif changed == [line for line in spo if line.lstrip().startswith('print(f"iter ')]:
+            assert len(added) == 1 and added[0].startswith(changed[0][: changed[0].index("{recent}") + 8])
+        else:  # every other change is a block that says whose it is
+            assert any(tag in line for line in added), f"{script}: untagged change {changed} -> {added}"
+            assert len(changed) <= 1, f"{script} replaces more SPO lines than the policy loss: {changed}"
 
 
 @pytest.mark.parametrize("script", ["arpo_ppo.py", "barpo_ppo.py"])
