@@ -19,10 +19,12 @@ rs_q_*.pt and reused); see `train_robust_sarsa` for the procedure and what it ap
 
 The learned attacks SA-RL (sarl) and PA-AD (paad) use an adversary trained beforehand against this
 checkpoint by sarl_attack.py / paad_attack.py and saved next to it as sarl_eps<eps>.pt / paad_eps<eps>.pt
-(an adversary trained against another version of the checkpoint, i.e. another sha1, is ignored). It acts
-deterministically (its mean action). `--attacks all` includes them when present and prints the command
-that trains a missing one; `--train-learned` trains the missing ones first (default budgets, about 17 and 14
-min each on one core for Hopper; TensorBoard logs next to the checkpoint in <attack>_eps<eps>_tb/).
+(an adversary trained against another version of the checkpoint, i.e. another sha1, is ignored). It is
+evaluated twice, with its mean action (as the literature does) and with actions sampled from its policy
+(the stochastic policy it was trained as), and the stronger is reported. `--attacks all` includes them
+when present and prints the command that trains a missing one; `--train-learned` trains the missing ones
+first (default budgets, about 17 and 15 min each on one core for Hopper; TensorBoard logs next to the
+checkpoint in <attack>_eps<eps>_tb/).
 """
 import hashlib
 import json
@@ -345,6 +347,12 @@ def load_learned_adversary(name, ckpt_path, eps, victim_sha1):
     return (adversary, adv), None
 
 
+def adversary_action(net, x, sampled):
+    """A learned adversary's action at the (normalised) states x: its mean, or a sample of its Gaussian policy."""
+    mean = net.actor_mean(x)
+    return mean + net.actor_logstd.exp() * torch.randn_like(mean) if sampled else mean
+
+
 def train_learned_adversary(name, ckpt_path, eps, extra_args):
     """Train the missing sarl / paad adversary in-process with the attack script's defaults (+ extra_args)."""
     import shlex
@@ -445,14 +453,17 @@ if __name__ == "__main__":
                 (f"eps_rs={rs_eps:g},reg={rs_reg:g}", lambda x, q=q_net: attacks.q_pgd(agent, x, eps, q, steps=args.attack_steps))
                 for (rs_eps, rs_reg), q_net in robust_sarsa_models(agent, args.checkpoint, ckpt, args, victim_sha1)
             ]
-        elif name == "sarl":  # SA-RL: s' = s + eps * hardtanh(adversary's mean action)
-            sarl_net = learned["sarl"][0]
-            variants[name] = [("", lambda x: attacks.bounded_perturbation(x, eps, sarl_net.actor_mean(x)))]
-        elif name == "paad":  # PA-AD: the director's mean direction, turned into s' by the actor it was trained with
-            paad_net, paad_args = learned["paad"][0], learned["paad"][1]["args"]
-            variants[name] = [("", lambda x: attacks.paad_actor(
-                agent, x, eps, paad_net.actor_mean(x), steps=paad_args["actor_steps"], step_size=paad_args["actor_step_size"]
-            ))]
+        elif name in ("sarl", "paad"):
+            # the adversary's mean action (how the literature evaluates it) and its sampled action (the stochastic
+            # policy it was trained as, which can be the stronger attack); the stronger of the two is reported
+            net, adv_args = learned[name][0], learned[name][1]["args"]
+            if name == "sarl":  # SA-RL: s' = s + eps * hardtanh(adversary action)
+                variants[name] = [(label, lambda x, net=net, s=label == "sampled": attacks.bounded_perturbation(
+                    x, eps, adversary_action(net, x, s))) for label in ("mean", "sampled")]
+            else:  # PA-AD: the director's direction, turned into s' by the actor it was trained with
+                variants[name] = [(label, lambda x, net=net, s=label == "sampled": attacks.paad_actor(
+                    agent, x, eps, adversary_action(net, x, s), steps=adv_args["actor_steps"], step_size=adv_args["actor_step_size"]
+                )) for label in ("mean", "sampled")]
 
     results = {}
     for name, options in variants.items():

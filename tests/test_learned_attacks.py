@@ -60,7 +60,10 @@ def test_evaluate_reports_learned_attacks_and_worst_case_over_all(trained_victim
     assert set(report["results"]) == {"natural", "sarl", "paad"}
     assert report["learned_adversaries"]["sarl"]["path"].endswith("sarl_eps0.075.pt")
     assert report["learned_adversaries"]["paad"]["global_step"] == 128
-    assert "| sarl |" in proc.stdout and "| paad |" in proc.stdout
+    for name in ("sarl", "paad"):  # mean and sampled adversary actions are both evaluated, the stronger reported
+        assert f"  {name} (mean)" in proc.stdout and f"  {name} (sampled)" in proc.stdout
+        result = report["results"][name]
+        assert result["variants_evaluated"] == 2 and f"| {name} ({result['variant']}) |" in proc.stdout
 
     out = tmp_path / "all.json"
     proc = run_script("evaluate.py", trained_victim, "--attacks", "all", "--num-episodes", "2", "--rs-steps", "400",
