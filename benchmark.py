@@ -205,17 +205,19 @@ def run(args: Run):
             seconds = [s for j, s in finished if alike(j)]
             if seconds:
                 return np.mean(seconds)
+        return None  # nothing has finished yet
 
     start, finished, failed = time.time(), [], []
     with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
         futures = {pool.submit(run_job, j): j for j in todo}
         for done, future in enumerate(as_completed(futures), 1):
             job, status, seconds = future.result()
-            finished.append((job, seconds))
-            left = [j for f, j in futures.items() if not f.done()]
-            eta = sum(expected_seconds(j, finished) for j in left) / max(1, args.workers)
+            if status == "ok":  # a failed run's duration says nothing about the others
+                finished.append((job, seconds))
+            left = [expected_seconds(j, finished) for f, j in futures.items() if not f.done()]
+            eta = f"{sum(left) / max(1, args.workers) / 60:.0f} min" if None not in left else "?"
             print(f"[{done}/{len(todo)}] {job['name']}: {status} in {seconds / 60:.1f} min; "
-                  f"elapsed {(time.time() - start) / 60:.1f} min, ETA {eta / 60:.0f} min", flush=True)
+                  f"elapsed {(time.time() - start) / 60:.1f} min, ETA {eta}", flush=True)
             if status != "ok":
                 failed.append(job["name"])
     if failed:
@@ -267,10 +269,11 @@ def write_section(path, key, text, new_file_head=""):
     begin, end = f"<!-- begin {key} -->", f"<!-- end {key} -->"
     section = begin + "\n" + text.rstrip("\n") + "\n" + end
     old = open(path).read() if os.path.exists(path) else new_file_head
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + section + old[old.index(end) + len(end) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    i = old.find(begin)
+    j = old.find(end, i) if i >= 0 else -1
+    if old.count(begin) > 1 or old.count(end) > 1 or (i >= 0) != (j >= 0):
+        raise SystemExit(f"error: {path} must contain the markers {begin} ... {end} once each, in this order; fix it by hand")
+    new = old[:i] + section + old[j + len(end) :] if i >= 0 else old.rstrip("\n") + "\n\n" + section + "\n"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w") as f:
         f.write(new)
@@ -296,6 +299,7 @@ def aggregate(args: Aggregate):
         attacks = [a for a in ATTACK_ORDER if a in seen] + sorted(seen - set(ATTACK_ORDER))
         by_algo = dict(sorted(by_algo.items(), key=lambda kv: list(ALGOS).index(kv[0]) if kv[0] in ALGOS else len(ALGOS)))
         eps = sorted({r["epsilon"] for reps in by_algo.values() for r in reps})
+        steps = sorted({r["global_step"] for reps in by_algo.values() for r in reps if r.get("global_step")})
         lines += [f"### {env_id} (ε = {', '.join(map(str, eps))})", "",
                   "| algorithm | seeds | natural | " + " | ".join(attacks) + " | worst case | robustness |",
                   "|---|---|---|" + "---|" * len(attacks) + "---|---|"]
@@ -321,9 +325,12 @@ def aggregate(args: Aggregate):
         lines += ["", "</details>"]
         ref = PAPER_BARPO.get(env_family(env_id))
         if ref:  # the paper's numbers beside ours (SPEC.md §7)
-            def median_of(algo, key):
-                reps = [r for r in by_algo.get(algo, []) if r.get("worst_case") is not None]
-                values = [r["results"]["natural"]["mean"] if key == "natural" else r["worst_case"] for r in reps]
+            def median_of(algo, key):  # the same medians as the main table's natural / worst case columns
+                reps = by_algo.get(algo, [])
+                if key == "natural":
+                    values = [r["results"]["natural"]["mean"] for r in reps]
+                else:
+                    values = [r["worst_case"] for r in reps if r.get("worst_case") is not None]
                 return float(np.median(values)) if values else None
 
             def change(algo, key):
@@ -338,8 +345,8 @@ def aggregate(args: Aggregate):
                       + (" / ".join(f"{v:.0f}" for v in ours_k1) if None not in ours_k1 else "–") + f" | {ref[0]} / {ref[1]} |",
                       f"| BARPO w/o guidance (κ = 0) vs ARPO: natural | {change('barpo_k0', 'natural')} | {paper_k0[0]:+d}% |",
                       f"| BARPO w/o guidance (κ = 0) vs ARPO: worst case | {change('barpo_k0', 'worst')} | {paper_k0[1]:+d}% |",
-                      "", "v5 returns are comparable in shape, not digit for digit; our budget may differ from the paper's "
-                      "(the section title says which preset)."]
+                      "", "v5 returns are comparable in shape, not digit for digit. Our training budget: "
+                      + (", ".join(f"{step:,}" for step in steps) + " steps per run." if steps else "not recorded.")]
         # plots: learning curves (median, IQR band) and natural vs worst case per seed
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
         for algo, reps in by_algo.items():

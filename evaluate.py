@@ -11,8 +11,8 @@ env: Hopper 0.075, Walker2d 0.05, HalfCheetah 0.15, Ant 0.15); the environment e
 All episodes run in lockstep in one vector env, so each attack is one batched call per time step.
 
 Output: a markdown table (mean ± std per attack, worst case = minimum over attacks, robustness =
-(worst - natural) / natural) and the same as JSON next to the checkpoint (eval_eps<eps>.json for --attacks all, else
-eval_eps<eps>_<attacks>.json).
+(worst - natural) / natural) and the same as JSON next to the checkpoint: eval_eps<eps>.json for --attacks all,
+eval_eps<eps>_<attacks>.json for a subset (e.g. _random-critic), eval_eps<eps>_natural.json without attacks.
 
 Robust Sarsa (rs) trains a Q^pi of the frozen victim first (cached next to the checkpoint as
 rs_q_*.pt and reused); see `train_robust_sarsa` for the procedure and what it approximates.
@@ -461,8 +461,8 @@ if __name__ == "__main__":
                 variants[name] = [(label, lambda x, net=net, s=label == "sampled": attacks.bounded_perturbation(
                     x, eps, adversary_action(net, x, s))) for label in ("mean", "sampled")]
             else:  # PA-AD: the director's direction, turned into s' by the actor it was trained with
-                variants[name] = [(label, lambda x, net=net, s=label == "sampled": attacks.paad_actor(
-                    agent, x, eps, adversary_action(net, x, s), steps=adv_args["actor_steps"], step_size=adv_args["actor_step_size"]
+                variants[name] = [(label, lambda x, net=net, a=adv_args, s=label == "sampled": attacks.paad_actor(
+                    agent, x, eps, adversary_action(net, x, s), steps=a["actor_steps"], step_size=a["actor_step_size"]
                 )) for label in ("mean", "sampled")]
 
     results = {}
@@ -504,7 +504,7 @@ if __name__ == "__main__":
     print("\n" + "\n".join(lines))
 
     # the default name says which attacks ran, so a quick `--attacks random` never replaces a full `--attacks all`
-    suffix = "" if args.attacks == "all" else "_" + ("-".join(names) or "natural")
+    suffix = "" if args.attacks == "all" else "_" + ("-".join(a for a in ATTACKS if a in names) or "natural")
     out = args.output or os.path.join(ckpt_dir, f"eval_eps{eps:g}{suffix}.json")
     report = {
         "checkpoint": os.path.abspath(args.checkpoint), "env_id": env_id, "algo": ckpt.get("algo"),

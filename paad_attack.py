@@ -27,7 +27,8 @@ Output: `<victim_dir>/paad_eps<eps>.pt` (or --output): the director's state dict
 actor's steps, the sha1 of the victim checkpoint it was trained against (evaluate.py ignores a stale
 director), this script's args, training steps, the reward normaliser statistics and, with --grid, every
 setting's score. It is written to a .tmp file and moved into place only at the end: a failed run never
-overwrites it. `python evaluate.py <victim> --attacks paad` then evaluates it deterministically (mean d).
+overwrites it. `python evaluate.py <victim> --attacks paad` then evaluates it with its mean d and with
+sampled directions, and reports the stronger.
 
 Budget (measured, Hopper-v5, 1 thread, 8 sub-envs x 256 steps, while two other training jobs shared the
 2 cores): about 1,780 steps/s including the 10-step actor at every step and the PPO update (1,470 with 4

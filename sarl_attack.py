@@ -22,7 +22,8 @@ Output: `<victim_dir>/sarl_eps<eps>.pt` (or --output): the adversary's state dic
 sha1 of the victim checkpoint it was trained against (evaluate.py ignores a stale adversary), this
 script's args, training steps, the reward normaliser statistics and, with --grid, every setting's score.
 It is written to a .tmp file and moved into place only at the end: a failed run never overwrites it.
-`python evaluate.py <victim> --attacks sarl` then evaluates it deterministically (mean action a).
+`python evaluate.py <victim> --attacks sarl` then evaluates it with its mean action a and with sampled
+actions, and reports the stronger.
 
 Budget (measured, Hopper-v5, 1 thread, 8 sub-envs x 256 steps, while two other training jobs shared the
 2 cores): about 2,000 steps/s including the PPO update (1,300 with 1 sub-env x 2048 steps), so the default

@@ -117,10 +117,11 @@ def test_natural_only_evaluation_has_no_worst_case(tiny_spo_checkpoint, tmp_path
 def test_default_output_name_says_which_attacks_ran(tiny_spo_checkpoint, tmp_path):
     ckpt = tmp_path / "agent.pt"
     shutil.copy(tiny_spo_checkpoint, ckpt)
-    run_script("evaluate.py", ckpt, "--num-episodes", "2", "--attacks", "random,critic", "--epsilon", "0.05")
+    run_script("evaluate.py", ckpt, "--num-episodes", "2", "--attacks", "critic,random", "--epsilon", "0.05")
     run_script("evaluate.py", ckpt, "--num-episodes", "2", "--epsilon", "0.05")
     written = sorted(p.name for p in tmp_path.glob("eval_*.json"))
-    assert written == ["eval_eps0.05_natural.json", "eval_eps0.05_random-critic.json"]  # no full-set name taken
+    # no full-set name taken; the name lists the attacks in the canonical order, whatever order was typed
+    assert written == ["eval_eps0.05_natural.json", "eval_eps0.05_random-critic.json"]
     assert set(json.loads((tmp_path / written[1]).read_text())["results"]) == {"natural", "random", "critic"}
 
 

@@ -104,5 +104,24 @@ def test_aggregate_medians_and_iqr_from_fixture_jsons(tmp_path):
     run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig")
     text = out.read_text()
     assert text.count("<!-- begin") == 1  # re-running replaces its section
+    assert "hand-written intro that must survive" in text
     assert "| BARPO w/o guidance (κ = 0) vs ARPO: natural | +50% | +75% |" in text
     assert "| BARPO w/o guidance (κ = 0) vs ARPO: worst case | -50% | +4% |" in text
+
+
+def test_write_section_replaces_only_its_own_markers(tmp_path):
+    from benchmark import write_section
+
+    path = tmp_path / "doc.md"
+    write_section(str(path), "a", "first", new_file_head="# Title\n")
+    assert path.read_text() == "# Title\n\n<!-- begin a -->\nfirst\n<!-- end a -->\n"
+    path.write_text(path.read_text() + "\nprose between\n")
+    write_section(str(path), "b", "other")
+    write_section(str(path), "a", "second")
+    text = path.read_text()
+    assert "first" not in text and text.index("second") < text.index("prose between") < text.index("other")
+    path.write_text(text + "\n<!-- begin a -->\nstale copy\n<!-- end a -->\n")  # markers twice: refuse, touch nothing
+    before = path.read_text()
+    with pytest.raises(SystemExit, match="once each"):
+        write_section(str(path), "a", "third")
+    assert path.read_text() == before

@@ -55,7 +55,8 @@ def test_smoke_run_writes_a_self_describing_adversary(trained_victim, name):
 
 def test_evaluate_reports_learned_attacks_and_worst_case_over_all(trained_victim, tmp_path):
     out = tmp_path / "eval.json"
-    proc = run_script("evaluate.py", trained_victim, "--attacks", "sarl,paad", "--num-episodes", "2", "--output", out)
+    # paad first: each attack's closure must keep its own adversary's arguments whatever the order
+    proc = run_script("evaluate.py", trained_victim, "--attacks", "paad,sarl", "--num-episodes", "2", "--output", out)
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"natural", "sarl", "paad"}
     assert report["learned_adversaries"]["sarl"]["path"].endswith("sarl_eps0.075.pt")
