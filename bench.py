@@ -172,7 +172,8 @@ if __name__ == "__main__":
             os.rename(os.path.join(rs_dir, f), os.path.join(rs_dir, f + ".bench"))
         try:
             results, _ = eval_seconds(args.checkpoint, "rs")
-            timings["rs (train Q + attack)"] = results["rs"]["seconds"]
+            timings["rs: train Q (collect 50k victim steps + robust Sarsa)"] = results["rs"]["train_seconds"]
+            timings["rs: attacked pass"] = results["rs"]["seconds"]
         finally:
             for f in cached:
                 os.replace(os.path.join(rs_dir, f + ".bench"), os.path.join(rs_dir, f))

@@ -96,6 +96,7 @@ def test_evaluate_all_attacks_table_json_and_rs_cache(tiny_spo_checkpoint, tmp_p
     report = json.loads(out.read_text())
     means = {k: v["mean"] for k, v in report["results"].items()}
     assert set(means) == {"natural", "random", "critic", "mad", "rs"}
+    assert report["results"]["rs"]["train_seconds"] > 0 and "train_seconds" not in report["results"]["mad"]
     assert report["epsilon"] == 0.075  # Hopper's default
     assert report["worst_case"] == min(v for k, v in means.items() if k != "natural")  # over attacks only
     assert report["results"]["mad"]["variants_evaluated"] == 2 and report["results"]["mad"]["variant"] in ("beta=1", "beta=1e-05")
