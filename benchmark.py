@@ -54,7 +54,6 @@ PRESET_STEPS = {
     "paper": {"Ant": 10_000_000, "default": 2_000_000},
     "quick": {"Ant": 2_000_000, "default": 500_000},
 }
-ATTACK_ORDER = ["random", "critic", "mad", "rs", "sarl", "paad"]  # weakest-looking first, learned last
 # SPEC.md §7: the paper's BAR-PPO (natural / worst case), median of 17 agents, 2M steps, gym -v2
 PAPER_BARPO = {"Hopper": (3684, 1340), "Walker2d": (4732, 2699), "HalfCheetah": (4837, 3181), "Ant": (5024, 2825)}
 # and BARPO without guidance relative to ARPO, in % (natural, worst case)
@@ -286,6 +285,8 @@ def aggregate(args: Aggregate):
         raise SystemExit(f"error: no eval.json under {args.root}/<env>/<algo>/s<seed>/")
     import matplotlib
 
+    from evaluate import ATTACKS
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -296,7 +297,7 @@ def aggregate(args: Aggregate):
              "attacks evaluated; robustness = (worst − natural) / natural.", ""]
     for env_id, by_algo in results.items():
         seen = {a for reps in by_algo.values() for r in reps for a in r["results"] if a != "natural"}
-        attacks = [a for a in ATTACK_ORDER if a in seen] + sorted(seen - set(ATTACK_ORDER))
+        attacks = [a for a in ATTACKS if a in seen] + sorted(seen - set(ATTACKS))  # evaluate.py's order
         by_algo = dict(sorted(by_algo.items(), key=lambda kv: list(ALGOS).index(kv[0]) if kv[0] in ALGOS else len(ALGOS)))
         eps = sorted({r["epsilon"] for reps in by_algo.values() for r in reps})
         steps = sorted({r["global_step"] for reps in by_algo.values() for r in reps if r.get("global_step")})

@@ -319,13 +319,18 @@ def robust_sarsa_models(agent, ckpt_path, ckpt, args, digest):
     return models
 
 
+def learned_attack_script(name):
+    """The module (sarl_attack.py or paad_attack.py) that trains and stores the learned attack `name`."""
+    import paad_attack  # imported here: they import this file
+    import sarl_attack
+
+    return {"sarl": sarl_attack, "paad": paad_attack}[name]
+
+
 def load_learned_adversary(name, ckpt_path, eps, victim_sha1):
     """The sarl / paad adversary trained for this checkpoint and eps: ((network, its checkpoint), None), or
     (None, why not) if there is no usable one next to the checkpoint."""
-    import paad_attack
-    import sarl_attack
-
-    module = {"sarl": sarl_attack, "paad": paad_attack}[name]
+    module = learned_attack_script(name)
     path = module.adversary_path(ckpt_path, eps)
     fname = os.path.basename(path)
     if not os.path.isfile(path):
@@ -357,10 +362,7 @@ def train_learned_adversary(name, ckpt_path, eps, extra_args):
     """Train the missing sarl / paad adversary in-process with the attack script's defaults (+ extra_args)."""
     import shlex
 
-    import paad_attack
-    import sarl_attack
-
-    module = {"sarl": sarl_attack, "paad": paad_attack}[name]
+    module = learned_attack_script(name)
     tb_dir = os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"{name}_eps{eps:g}_tb")
     script_args = tyro.cli(module.Args, args=[ckpt_path, "--epsilon", repr(eps), "--run-dir", tb_dir, *shlex.split(extra_args)])
     module.main(script_args)
