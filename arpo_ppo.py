@@ -5,34 +5,36 @@ minimises the agent's value:
 
     max_θ  min_ν  V^{π_θ ∘ ν},     ν(s) ∈ B_ε(s)  (l_inf ball in normalised observation units)
 
-Pseudocode, one iteration (everything untagged is spo_ppo.py line for line):
-    roll out num_steps with π_θ on the clean states, store (s, a, log π_old(a|s), r, done, V(s));  GAE
+Pseudocode, one iteration:
+    roll out num_steps with π_θ on the clean states, store (s, a, log π_old(a|s), r, done, V(s))
+    compute GAE advantages Â and returns
     ε_t = ε · min(1, (iteration − 1) / (eps_warmup · num_iterations))                        # ARPO: ε schedule
     for update_epochs: for each minibatch:
-        s̃ = PGD(s; θ, ε_t): uniform start in B_ε(s), K sign-gradient *ascent* steps of size ε_t/K on the
-            per-sample PPO loss ℓ_i(s') = max(−r_i(s')Â_i, −clip(r_i(s'), 1±0.2)Â_i) (detached)
+        s̃ = PGD(s; θ, ε_t): uniform start in B_ε(s), K sign-gradient *ascent* steps of size ε_t/K on   # ARPO
+            the per-sample PPO loss ℓ_i(s') = max(−r_i(s')Â_i, −clip(r_i(s'), 1±0.2)Â_i) (detached)
         L = L_clip(s̃) [+ κ · L_clip(s)] − ent_coef·H + vf_coef·L_V(s)                   # ARPO: outer loss
-    (old log-probs always from the clean state; the critic is trained on clean states, as in SPO)
-Raising the PPO loss lowers the advantage-weighted value of the policy's actions: to first order, the
-value-minimising adversary.
+        L_clip(x) = mean_i max(-r_i(x)Â_i, -clip(r_i(x), 1±clip_coef)Â_i),  r_i(x) = π_θ(a_i|x)/π_old(a_i|s_i)
+        one Adam step on L
+Old log-probs come from the clean state, the critic trains on clean states, untagged lines are spo_ppo.py's.
+Raising the PPO loss lowers the advantage-weighted value of the actions: the value-minimising adversary, to first order.
 
 Flags that matter: --epsilon (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah 0.15, Ant 0.15),
 --kappa (SPO guidance, default 0 = pure ARPO), --inner-steps, --soft-worst-case-lambda, --eps-warmup.
 
-Our reconstruction (the authors have not released code; see SPEC.md): the inner adversary follows the
-authors' earlier CAR-PPO (PGD on the PPO clipped loss); the optional soft worst-case weighting
-p = softmax(ℓ/λ) over the minibatch is CAR's surrogate (weights held fixed in the gradient); the linear ε
-warm-up over the first 75% of updates. Checkpoints have the format of spo_ppo.py, so evaluate.py works
-unchanged.
+Our reconstruction (the authors released no code; docs/design.md gives the sources): the inner adversary of
+their earlier CAR-PPO (PGD on the PPO clipped loss), CAR's optional soft worst case p = softmax(ℓ/λ) over the
+minibatch (weights held fixed in the gradient), and the linear ε warm-up over the first 75% of updates.
 """
 import os
 import platform
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
@@ -144,6 +146,18 @@ def make_env(env_id, gamma):
     return thunk
 
 
+def print_mujoco_warning(text):
+    """MuJoCo's warning handler less one message. MuJoCo 4 calls the compiler attribute 'settotalmass' of
+    gymnasium's half_cheetah.xml deprecated on every HalfCheetah load (it still applies: same model); we drop
+    exactly that message. Any other warning is printed as MuJoCo prints it (to stderr, not MUJOCO_LOG.TXT)."""
+    if "settotalmass" not in text:
+        print(f"WARNING: {text}", file=sys.stderr, flush=True)
+
+
+def hms(seconds):
+    return f"{int(seconds) // 3600}:{int(seconds) % 3600 // 60:02d}:{int(seconds) % 60:02d}"
+
+
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -172,10 +186,14 @@ class Agent(nn.Module):
     def get_value(self, x):
         return self.critic(x)
 
-    def get_action_and_value(self, x, action=None):
+    def get_policy(self, x):
+        """The Gaussian action distribution pi(.|x)."""
         action_mean = self.actor_mean(x)
         action_std = torch.exp(self.actor_logstd.expand_as(action_mean))
-        probs = Normal(action_mean, action_std, validate_args=False)  # argument checks cost ~15% of a rollout step
+        return Normal(action_mean, action_std, validate_args=False)  # argument checks cost ~15% of a rollout step
+
+    def get_action_and_value(self, x, action=None):
+        probs = self.get_policy(x)
         if action is None:
             action = probs.sample()
         return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
@@ -188,22 +206,20 @@ def clipped_surrogate(newlogprob, oldlogprob, advantages, clip_coef):
 
 
 # ARPO: the inner adversary -- PGD ascent on the per-sample PPO clipped loss at the perturbed state
-def arpo_inner(agent, obs, actions, oldlogprob, advantages, eps, steps, step_size, clip_coef):
-    """s̃ = argmax_{s' in B_eps(obs)} sum_i l_i(s'),  l_i(s') = clipped_surrogate(log pi(a_i|s'_i), old_i, A_i).
-
-    Uniform random start in the ball, `steps` sign-gradient ascent steps, projection after each; detached."""
-
+def arpo_inner(agent, obs, actions, oldlogprob, advantages, eps, steps, step_size, clip_coef, generator=None):
+    """s̃ = argmax_{s' in B_eps(obs)} sum_i l_i(s'),  l_i(s') = clipped_surrogate(log pi(a_i|s'_i), old_i, A_i):
+    uniform random start in the ball, `steps` sign-gradient ascent steps, projection after each; detached."""
     var = agent.actor_logstd.detach().exp() ** 2
-
+    log_ratio_const = -0.5 * torch.log(2 * torch.pi * var).sum() - oldlogprob  # log r = const - sum (a - mu)^2 / 2var
+    # l = max(-A r, -A clip(r)): the clipped branch has zero slope, so dl/dlog r = -A r where the unclipped branch
+    # is the max, i.e. r <= 1 + c if A > 0 and r >= 1 - c if A < 0, else 0; and dlog pi/dmu = (a - mu) / sigma^2
+    low, high = torch.where(advantages > 0, 0.0, 1 - clip_coef), torch.where(advantages > 0, 1 + clip_coef, torch.inf)
     def ppo_loss_grad(mu):  # d l_i / d mu at the perturbed state, by hand (checked against autograd in the tests)
-        logprob = -(((actions - mu) ** 2) / (2 * var) + 0.5 * torch.log(2 * torch.pi * var)).sum(1)
-        ratio = (logprob - oldlogprob).exp()
-        # l = max(-A r, -A clip(r)): the clipped branch has zero slope, so dl/dlog r = -A r where the unclipped
-        # branch is the max (always true inside the clip range), else 0; dlog pi/dmu = (a - mu) / sigma^2
-        unclipped = -advantages * ratio >= -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
-        return (-advantages * ratio * unclipped).unsqueeze(1) * (actions - mu) / var
+        diff = actions - mu
+        ratio = (log_ratio_const - (diff * diff / (2 * var)).sum(1)).exp()
+        return (-advantages * ratio * ((ratio >= low) & (ratio <= high))).unsqueeze(1) * diff / var
 
-    return attacks.pgd(obs, eps, steps=steps, step_size=step_size, maximise=True, net=agent.actor_mean, head_grad=ppo_loss_grad)
+    return attacks.pgd(obs, eps, steps=steps, step_size=step_size, maximise=True, net=agent.actor_mean, head_grad=ppo_loss_grad, generator=generator)
 
 
 def merged_rms(envs, name):
@@ -221,8 +237,6 @@ def merged_rms(envs, name):
 
 def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
     """Self-describing checkpoint; written to a temporary file first so a crash never leaves half a file."""
-    import mujoco
-
     checkpoint = {
         "algo": "arpo",
         "env_id": args.env_id,
@@ -251,6 +265,7 @@ def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    mujoco.set_mju_user_warning(print_mujoco_warning)
     try:
         probe = gym.make(args.env_id)
     except gym.error.Error as e:
@@ -272,10 +287,8 @@ if __name__ == "__main__":
         args.epsilon = next((e for prefix, e in DEFAULT_EPSILON.items() if args.env_id.startswith(prefix)), None)
         if args.epsilon is None:
             raise SystemExit(f"error: no default --epsilon for {args.env_id}; pass one")
-    if not args.epsilon >= 0:
-        raise SystemExit(f"error: --epsilon must be >= 0, got {args.epsilon}")
-    if not args.kappa >= 0:
-        raise SystemExit(f"error: --kappa must be >= 0, got {args.kappa}")
+    if not (args.epsilon >= 0 and args.kappa >= 0):
+        raise SystemExit(f"error: --epsilon and --kappa must be >= 0, got {args.epsilon} and {args.kappa}")
     if args.inner_steps < 1 or not 0 <= args.eps_warmup <= 1:
         raise SystemExit("error: --inner-steps must be >= 1 and --eps-warmup in [0, 1]")
     if args.inner_step_size is not None and not args.inner_step_size > 0:
@@ -354,6 +367,8 @@ if __name__ == "__main__":
         np.random.seed(args.seed * 100_003 + start_iteration)
         torch.manual_seed(args.seed * 100_003 + start_iteration)
         print(f"resuming {ckpt_path} at iteration {start_iteration}/{args.num_iterations}", flush=True)
+    # ARPO: the adversary's own random stream (not the actions'), so that at epsilon = kappa = 0 this is spo_ppo.py's run
+    adversary_rng = torch.Generator().manual_seed(args.seed if start_iteration == 1 else args.seed * 100_003 + start_iteration)
 
     # TRY NOT TO MODIFY: start the game
     start_step, start_time = global_step, time.time()
@@ -369,8 +384,7 @@ if __name__ == "__main__":
             for group, lr in zip(optimizer.param_groups, initial_lrs):
                 group["lr"] = frac * lr
         # ARPO: epsilon schedule: linear warm-up over the first eps_warmup of the updates, then constant
-        warmup_iterations = args.eps_warmup * args.num_iterations
-        eps_t = args.epsilon * (min(1.0, (iteration - 1) / warmup_iterations) if warmup_iterations > 0 else 1.0)
+        eps_t = args.epsilon * (min(1.0, (iteration - 1) / (args.eps_warmup * args.num_iterations)) if args.eps_warmup > 0 else 1.0)
 
         with torch.inference_mode():
             for step in range(0, args.num_steps):
@@ -443,11 +457,9 @@ if __name__ == "__main__":
                     mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
                 # ARPO: the strongest adversary, PGD ascent on the per-sample PPO loss at the current θ (detached)
-                mb_obs_adv = arpo_inner(
-                    agent, mb_obs, b_actions[mb_inds], b_logprobs[mb_inds], mb_advantages,
-                    eps=eps_t, steps=args.inner_steps, step_size=args.inner_step_size, clip_coef=args.clip_coef,
-                )
-                _, advlogprob, _, _ = agent.get_action_and_value(mb_obs_adv, b_actions[mb_inds])
+                mb_obs_adv = arpo_inner(agent, mb_obs, b_actions[mb_inds], b_logprobs[mb_inds], mb_advantages, eps_t,
+                                        args.inner_steps, args.inner_step_size, args.clip_coef, generator=adversary_rng)
+                advlogprob = agent.get_policy(mb_obs_adv).log_prob(b_actions[mb_inds]).sum(1)
 
                 # Policy loss
                 # ARPO: L_clip at the adversarial state (old log-probs from the clean state) [+ kappa * SPO guidance]
@@ -493,7 +505,9 @@ if __name__ == "__main__":
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
-        sps = int((global_step - start_step) / (time.time() - start_time))
+        elapsed = time.time() - start_time
+        sps = int((global_step - start_step) / elapsed)
+        eta = elapsed / (iteration - start_iteration + 1) * (args.num_iterations - iteration)
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
@@ -505,19 +519,17 @@ if __name__ == "__main__":
         writer.add_scalar("charts/SPS", sps, global_step)
         # ARPO: how much more the inner solver raises the PPO loss than random noise of the same size (last minibatch)
         with torch.no_grad():
-            def ppo_loss_at(x):
-                logprob = agent.get_action_and_value(x, b_actions[mb_inds])[1]
-                return clipped_surrogate(logprob, b_logprobs[mb_inds], mb_advantages, args.clip_coef).mean().item()
-
-            loss_increase_inner = ppo_loss_at(mb_obs_adv) - ppo_loss_at(mb_obs)
-            loss_increase_random = ppo_loss_at(attacks.random(agent, mb_obs, eps_t)) - ppo_loss_at(mb_obs)
+            mb_obs_random = attacks.random(agent, mb_obs, eps_t, generator=adversary_rng)
+            clean, inner, noise = [clipped_surrogate(agent.get_policy(x).log_prob(b_actions[mb_inds]).sum(1), b_logprobs[mb_inds], mb_advantages,
+                                                     args.clip_coef).mean().item() for x in (mb_obs, mb_obs_adv, mb_obs_random)]
+            loss_increase_inner, loss_increase_random = inner - clean, noise - clean
         writer.add_scalar("adversary/epsilon", eps_t, global_step)
         writer.add_scalar("adversary/loss_increase_inner", loss_increase_inner, global_step)
         writer.add_scalar("adversary/loss_increase_random", loss_increase_random, global_step)
         writer.add_scalar("losses/policy_loss_adv", pg_loss_adv.item(), global_step)
         writer.add_scalar("losses/policy_loss_clean", pg_loss_clean.item(), global_step)
         recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
-        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} return(last 10) {recent} eps {eps_t:.4f} loss increase inner/random {loss_increase_inner:.2e}/{loss_increase_random:.2e}", flush=True)
+        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} elapsed {hms(elapsed)} ETA {hms(eta)} return(last 10) {recent} eps {eps_t:.4f} loss increase inner/random {loss_increase_inner:.2e}/{loss_increase_random:.2e}", flush=True)
 
         if args.save_every > 0 and iteration % args.save_every == 0:
             save_checkpoint(ckpt_path, agent, optimizer, envs, args, global_step, iteration)

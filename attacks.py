@@ -5,8 +5,10 @@ policy consumes) and a radius `eps` in those units, and returns a detached tenso
 dtype with every entry inside [obs - eps, obs + eps]. With eps = 0 the output equals the input exactly.
 Defaults follow the literature (SA-PPO, ATLA, PA-AD): 10 steps of size eps/10. The policy/critic
 arguments are the `Agent` of the training scripts: `agent.actor_mean(x)`, `agent.actor_logstd`,
-`agent.get_value(x)`. No environment state lives here: these are pure functions of tensors and networks
-(randomness from torch's global generator, so seed it for reproducible results).
+`agent.get_value(x)`. No environment state lives here: these are pure functions of tensors and networks.
+Randomness comes from `generator` (a torch.Generator) where given, else from torch's global generator: the
+training scripts give their inner adversaries a generator of their own, so that the adversary's draws do
+not shift the rollout's action sampling (at eps = 0 a robust script then repeats spo_ppo.py's run exactly).
 
     random  uniform noise in the ball                                        (the weakest baseline)
     critic  PGD that minimises the victim's own value estimate V(s')
@@ -16,6 +18,8 @@ arguments are the `Agent` of the training scripts: `agent.actor_mean(x)`, `agent
     mlp_input_grad   grad_x of a function of a tanh MLP's output (actor or critic), fast
     bounded_perturbation  s + eps * hardtanh(a) for a learned adversary's action a (SA-RL, sarl_attack.py)
     paad_actor  PGD pushing the victim's mean action along a direction d (PA-AD's actor, paad_attack.py)
+    interval_bounds  IBP: elementwise bounds of a Linear/Tanh MLP's output over the ball (SA-PPO's convex
+                     variant, RADIAL-PPO, WocaR-PPO)
 """
 import torch
 
@@ -32,10 +36,15 @@ def _check(obs, eps, steps):
         raise ValueError(f"steps must be >= 1, got {steps}")
 
 
-def random(agent, obs, eps, **_):
+def _uniform(obs, generator=None):
+    """U(-1, 1) noise of obs's shape, from `generator` (None: torch's global generator)."""
+    return 2 * torch.rand(obs.shape, generator=generator, dtype=obs.dtype) - 1
+
+
+def random(agent, obs, eps, generator=None, **_):
     """Uniform noise in [-eps, eps]^d (the agent is unused; the signature matches the other attacks)."""
     _check(obs, eps, 1)
-    return project(obs + eps * (2 * torch.rand_like(obs) - 1), obs, eps).detach()
+    return project(obs + eps * _uniform(obs, generator), obs, eps).detach()
 
 
 def mlp_input_grad(net, x, head_grad):
@@ -44,7 +53,7 @@ def mlp_input_grad(net, x, head_grad):
     The inner loops of ARPO and BARPO take this gradient 10 times per minibatch, and for 64-sample batches
     autograd's per-op overhead dominates. For the scripts' networks (nn.Sequential of Linear and Tanh
     layers: the actor mean and the critic) we run the forward with plain tensor ops and backpropagate by
-    hand (Linear: g <- g W; Tanh: g <- g (1 - h^2)): the same gradient up to float rounding
+    hand (Linear: g <- g W; Tanh: g <- g (1 - h^2), aten's fused tanh_backward): the same gradient up to float rounding
     (tests/test_robust.py checks it against autograd), about twice as fast. Any other net uses autograd."""
     layers = list(net) if isinstance(net, torch.nn.Sequential) else []
     with torch.no_grad():
@@ -58,11 +67,11 @@ def mlp_input_grad(net, x, head_grad):
             outputs.append(torch.addmm(m.bias, outputs[-1], m.weight.t()) if isinstance(m, torch.nn.Linear) else torch.tanh(outputs[-1]))
         g = head_grad(outputs[-1])
         for m, out in zip(reversed(layers), reversed(outputs[1:])):
-            g = g @ m.weight if isinstance(m, torch.nn.Linear) else g * (1 - out * out)
+            g = g @ m.weight if isinstance(m, torch.nn.Linear) else torch.ops.aten.tanh_backward(g, out)  # g (1 - out^2)
         return g
 
 
-def pgd(obs, eps, objective=None, steps=10, step_size=None, maximise=False, net=None, head_grad=None):
+def pgd(obs, eps, objective=None, steps=10, step_size=None, maximise=False, net=None, head_grad=None, generator=None):
     """Projected sign-gradient descent (ascent if maximise) from a uniform random start in the ball: the
     solver behind critic, q_pgd and ARPO's inner adversary. The gradient is that of objective(x) -> scalar
     (autograd), or, if net and head_grad are given, that of a function h(net(x)) with dh/dy = head_grad(y)
@@ -72,7 +81,7 @@ def pgd(obs, eps, objective=None, steps=10, step_size=None, maximise=False, net=
     direction = 1.0 if maximise else -1.0
     obs = obs.detach()
     low, high = obs - eps, obs + eps
-    x = torch.clamp(obs + eps * (2 * torch.rand_like(obs) - 1), low, high)
+    x = torch.clamp(obs + eps * _uniform(obs, generator), low, high)
     for _ in range(steps):
         if net is not None:
             grad = mlp_input_grad(net, x, head_grad)
@@ -80,16 +89,16 @@ def pgd(obs, eps, objective=None, steps=10, step_size=None, maximise=False, net=
             x.requires_grad_(True)
             with torch.enable_grad():  # attacks may be called under torch.no_grad()
                 (grad,) = torch.autograd.grad(objective(x), x)
-        x = torch.clamp(x.detach() + direction * eta * grad.sign(), low, high)
+        x = torch.clamp(torch.add(x.detach(), grad.sign(), alpha=direction * eta), low, high)
     return x
 
 
-def critic(agent, obs, eps, steps=10, step_size=None, **_):
+def critic(agent, obs, eps, steps=10, step_size=None, generator=None, **_):
     """PGD minimising the critic's value V(s') from a uniform random start in the ball."""
-    return pgd(obs, eps, steps=steps, step_size=step_size, net=agent.critic, head_grad=torch.ones_like)
+    return pgd(obs, eps, steps=steps, step_size=step_size, net=agent.critic, head_grad=torch.ones_like, generator=generator)
 
 
-def mad(agent, obs, eps, steps=10, step_size=None, beta=1e-5, normalize_sigma=False, **_):
+def mad(agent, obs, eps, steps=10, step_size=None, beta=1e-5, normalize_sigma=False, generator=None, **_):
     """KL-SGLD (SPEC §4): sign-gradient Langevin ascent on KL(pi(.|s) || pi(.|s')).
 
     For a Gaussian policy with state-independent std sigma the KL is sum_j (mu(s')_j - mu(s)_j)^2 / (2 sigma_j^2),
@@ -111,21 +120,22 @@ def mad(agent, obs, eps, steps=10, step_size=None, beta=1e-5, normalize_sigma=Fa
             sigma = sigma / sigma.mean()
         two_over_var = 2 / sigma**2
         noise_scale = (2 * eta * beta) ** 0.5
-        x = torch.clamp(obs + eta * torch.randn_like(obs).sign(), low, high)
+        x = torch.clamp(obs + eta * torch.randn(obs.shape, generator=generator, dtype=obs.dtype).sign(), low, high)
         for t in range(steps):
             # d/dmu of sum_j ((mu_j - mu_clean_j) / sigma_j)^2 is 2 (mu - mu_clean) / sigma^2
             grad = mlp_input_grad(agent.actor_mean, x, lambda mu: (mu - mu_clean) * two_over_var)
-            x = torch.clamp(x + eta * (grad + noise_scale / (t + 2) * torch.randn_like(grad)).sign(), low, high)
+            noise = torch.randn(grad.shape, generator=generator, dtype=grad.dtype)
+            x = torch.clamp(x + eta * (grad + noise_scale / (t + 2) * noise).sign(), low, high)
     return x
 
 
-def q_pgd(agent, obs, eps, q_net, steps=10, step_size=None, **_):
+def q_pgd(agent, obs, eps, q_net, steps=10, step_size=None, generator=None, **_):
     """PGD minimising Q(s, mu(s')) from a uniform random start: the Robust Sarsa attack step.
 
     q_net(obs, action) -> (B, 1) is the victim's learned action-value; the state argument stays clean,
     only the policy's input is perturbed."""
     obs = obs.detach()
-    return pgd(obs, eps, lambda x: q_net(obs, agent.actor_mean(x)).sum(), steps, step_size)
+    return pgd(obs, eps, lambda x: q_net(obs, agent.actor_mean(x)).sum(), steps, step_size, generator=generator)
 
 
 def kl_divergence(agent, obs, obs_adv):
@@ -165,3 +175,25 @@ def paad_actor(agent, obs, eps, direction, steps=10, step_size=None):
             grad = mlp_input_grad(agent.actor_mean, x, lambda mu: d)  # d/ds' <mu(s'), d> = J^T d
             x = torch.clamp(x + eta * grad.sign(), low, high)
     return x
+
+
+def interval_bounds(net, obs, eps):
+    """Interval bound propagation (IBP) of an nn.Sequential of Linear and Tanh layers over B_eps(obs).
+
+    Returns (lower, upper), each (B, out_dim), such that lower <= net(x) <= upper for every x with
+    |x - obs|_inf <= eps. A Linear layer maps the box with centre c and radius r to centre W c + b and
+    radius |W| r; tanh is monotone, so it maps [l, u] to [tanh l, tanh u]. Batched and differentiable in
+    the weights (and in obs), as the robust training losses need; eps may be a float or a tensor that
+    broadcasts to obs. eps = 0 gives lower = upper = net(obs)."""
+    if not isinstance(net, torch.nn.Sequential) or not all(isinstance(m, (torch.nn.Linear, torch.nn.Tanh)) for m in net):
+        raise TypeError("interval_bounds needs an nn.Sequential of Linear and Tanh layers")
+    if not (torch.as_tensor(eps) >= 0).all():
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    centre, radius = obs, torch.zeros_like(obs) + eps
+    for m in net:
+        if isinstance(m, torch.nn.Linear):
+            centre, radius = torch.nn.functional.linear(centre, m.weight, m.bias), radius @ m.weight.abs().t()
+        else:  # monotone: the box's corners map to the new box's corners
+            lower, upper = torch.tanh(centre - radius), torch.tanh(centre + radius)
+            centre, radius = (upper + lower) / 2, (upper - lower) / 2
+    return centre - radius, centre + radius

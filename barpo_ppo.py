@@ -9,32 +9,36 @@ The KL is a first-order surrogate of the value gap; unlike the strongest adversa
 not tear the landscape into valleys of robust-but-poor stationary policies, and the global optimum is the
 same. SPO guidance adds the clean PPO term with weight κ.
 
-Pseudocode, one iteration (everything untagged is spo_ppo.py line for line):
-    roll out num_steps with π_θ on the clean states, store (s, a, log π_old(a|s), r, done, V(s));  GAE
+Pseudocode, one iteration:
+    roll out num_steps with π_θ on the clean states, store (s, a, log π_old(a|s), r, done, V(s))
+    compute GAE advantages Â and returns
     ε_t = ε · min(1, (iteration − 1) / (eps_warmup · num_iterations))                      # BARPO: ε schedule
     for update_epochs: for each minibatch:
-        s̃ = KL-SGLD(s; θ, ε_t)   (attacks.mad: K sign-gradient Langevin steps on Σ_j ((μ(s')-μ(s))/σ)_j²,
+        s̃ = KL-SGLD(s; θ, ε_t)   (attacks.mad: K sign-gradient Langevin steps on Σ_j ((μ(s')-μ(s))/σ)_j²,  # BARPO
                                  start s + η·sign(ξ), step η = ε_t/K, β = 1e-5; detached: no gradient through s̃)
         L = L_clip(s̃) + κ · L_clip(s) − ent_coef·H + vf_coef·L_V(s)                  # BARPO: outer loss
-        L_clip(x) = mean_i max(−r_i(x)Â_i, −clip(r_i(x), 1±0.2)Â_i),  r_i(x) = π_θ(a_i|x) / π_old(a_i|s_i)
-    (old log-probs always from the clean state; the critic is trained on clean states, as in SPO)
+        L_clip(x) = mean_i max(-r_i(x)Â_i, -clip(r_i(x), 1±clip_coef)Â_i),  r_i(x) = π_θ(a_i|x)/π_old(a_i|s_i)
+        one Adam step on L
+Old log-probs always come from the clean state and the critic trains on clean states, as in SPO; everything
+untagged is spo_ppo.py line for line.
 
 Flags that matter: --epsilon (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah 0.15, Ant 0.15),
 --kappa (default 1.0; 0 is "BARPO w/o guidance"), --inner-steps, --inner-beta, --eps-warmup.
 
-Our reconstruction (the authors have not released code; see SPEC.md): the default κ = 1.0, the linear ε
-warm-up over the first 75% of updates, and solving the inner problem afresh on every minibatch at the
-current θ. The inner solver is attacks.mad, the same function the MAD evaluation attack calls.
-Checkpoints have the format of spo_ppo.py, so evaluate.py works unchanged.
+Our reconstruction (the authors released no code; docs/design.md gives the sources): the default κ = 1.0,
+the linear ε warm-up over the first 75% of updates, and solving the inner problem afresh on every minibatch
+at the current θ. The inner solver is attacks.mad, the same function the MAD evaluation attack calls.
 """
 import os
 import platform
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
@@ -146,6 +150,18 @@ def make_env(env_id, gamma):
     return thunk
 
 
+def print_mujoco_warning(text):
+    """MuJoCo's warning handler less one message. MuJoCo 4 calls the compiler attribute 'settotalmass' of
+    gymnasium's half_cheetah.xml deprecated on every HalfCheetah load (it still applies: same model); we drop
+    exactly that message. Any other warning is printed as MuJoCo prints it (to stderr, not MUJOCO_LOG.TXT)."""
+    if "settotalmass" not in text:
+        print(f"WARNING: {text}", file=sys.stderr, flush=True)
+
+
+def hms(seconds):
+    return f"{int(seconds) // 3600}:{int(seconds) % 3600 // 60:02d}:{int(seconds) % 60:02d}"
+
+
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -174,10 +190,14 @@ class Agent(nn.Module):
     def get_value(self, x):
         return self.critic(x)
 
-    def get_action_and_value(self, x, action=None):
+    def get_policy(self, x):
+        """The Gaussian action distribution pi(.|x)."""
         action_mean = self.actor_mean(x)
         action_std = torch.exp(self.actor_logstd.expand_as(action_mean))
-        probs = Normal(action_mean, action_std, validate_args=False)  # argument checks cost ~15% of a rollout step
+        return Normal(action_mean, action_std, validate_args=False)  # argument checks cost ~15% of a rollout step
+
+    def get_action_and_value(self, x, action=None):
+        probs = self.get_policy(x)
         if action is None:
             action = probs.sample()
         return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
@@ -204,8 +224,6 @@ def merged_rms(envs, name):
 
 def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
     """Self-describing checkpoint; written to a temporary file first so a crash never leaves half a file."""
-    import mujoco
-
     checkpoint = {
         "algo": "barpo",
         "env_id": args.env_id,
@@ -234,6 +252,7 @@ def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    mujoco.set_mju_user_warning(print_mujoco_warning)
     try:
         probe = gym.make(args.env_id)
     except gym.error.Error as e:
@@ -255,10 +274,8 @@ if __name__ == "__main__":
         args.epsilon = next((e for prefix, e in DEFAULT_EPSILON.items() if args.env_id.startswith(prefix)), None)
         if args.epsilon is None:
             raise SystemExit(f"error: no default --epsilon for {args.env_id}; pass one")
-    if not args.epsilon >= 0:
-        raise SystemExit(f"error: --epsilon must be >= 0, got {args.epsilon}")
-    if not args.kappa >= 0:
-        raise SystemExit(f"error: --kappa must be >= 0, got {args.kappa}")
+    if not (args.epsilon >= 0 and args.kappa >= 0):
+        raise SystemExit(f"error: --epsilon and --kappa must be >= 0, got {args.epsilon} and {args.kappa}")
     if args.inner_steps < 1 or not 0 <= args.eps_warmup <= 1:
         raise SystemExit("error: --inner-steps must be >= 1 and --eps-warmup in [0, 1]")
     if args.inner_step_size is not None and not args.inner_step_size > 0:
@@ -337,6 +354,8 @@ if __name__ == "__main__":
         np.random.seed(args.seed * 100_003 + start_iteration)
         torch.manual_seed(args.seed * 100_003 + start_iteration)
         print(f"resuming {ckpt_path} at iteration {start_iteration}/{args.num_iterations}", flush=True)
+    # BARPO: the adversary's own random stream (not the actions'), so that at epsilon = kappa = 0 this is spo_ppo.py's run
+    adversary_rng = torch.Generator().manual_seed(args.seed if start_iteration == 1 else args.seed * 100_003 + start_iteration)
 
     # TRY NOT TO MODIFY: start the game
     start_step, start_time = global_step, time.time()
@@ -352,8 +371,7 @@ if __name__ == "__main__":
             for group, lr in zip(optimizer.param_groups, initial_lrs):
                 group["lr"] = frac * lr
         # BARPO: epsilon schedule: linear warm-up over the first eps_warmup of the updates, then constant
-        warmup_iterations = args.eps_warmup * args.num_iterations
-        eps_t = args.epsilon * (min(1.0, (iteration - 1) / warmup_iterations) if warmup_iterations > 0 else 1.0)
+        eps_t = args.epsilon * (min(1.0, (iteration - 1) / (args.eps_warmup * args.num_iterations)) if args.eps_warmup > 0 else 1.0)
 
         with torch.inference_mode():
             for step in range(0, args.num_steps):
@@ -427,8 +445,8 @@ if __name__ == "__main__":
 
                 # BARPO: inner adversary nu◇(s; θ) = argmax_{s' in B_eps(s)} KL(pi_θ(.|s) || pi_θ(.|s')) by KL-SGLD,
                 # solved at the current θ and held fixed (detached): no gradient flows through s̃
-                mb_obs_adv = attacks.mad(agent, mb_obs, eps_t, steps=args.inner_steps, step_size=args.inner_step_size, beta=args.inner_beta)
-                _, advlogprob, _, _ = agent.get_action_and_value(mb_obs_adv, b_actions[mb_inds])
+                mb_obs_adv = attacks.mad(agent, mb_obs, eps_t, steps=args.inner_steps, step_size=args.inner_step_size, beta=args.inner_beta, generator=adversary_rng)
+                advlogprob = agent.get_policy(mb_obs_adv).log_prob(b_actions[mb_inds]).sum(1)
 
                 # Policy loss
                 # BARPO: L_clip at the adversarial state (old log-probs from the clean state) + kappa * SPO guidance
@@ -469,7 +487,9 @@ if __name__ == "__main__":
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
-        sps = int((global_step - start_step) / (time.time() - start_time))
+        elapsed = time.time() - start_time
+        sps = int((global_step - start_step) / elapsed)
+        eta = elapsed / (iteration - start_iteration + 1) * (args.num_iterations - iteration)
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
@@ -481,14 +501,14 @@ if __name__ == "__main__":
         writer.add_scalar("charts/SPS", sps, global_step)
         # BARPO: how much more the inner solver moves the policy than random noise of the same size (last minibatch)
         kl_inner = attacks.kl_divergence(agent, mb_obs, mb_obs_adv).mean().item()
-        kl_random = attacks.kl_divergence(agent, mb_obs, attacks.random(agent, mb_obs, eps_t)).mean().item()
+        kl_random = attacks.kl_divergence(agent, mb_obs, attacks.random(agent, mb_obs, eps_t, generator=adversary_rng)).mean().item()
         writer.add_scalar("adversary/epsilon", eps_t, global_step)
         writer.add_scalar("adversary/kl_inner", kl_inner, global_step)
         writer.add_scalar("adversary/kl_random", kl_random, global_step)
         writer.add_scalar("losses/policy_loss_adv", pg_loss_adv.item(), global_step)
         writer.add_scalar("losses/policy_loss_clean", pg_loss_clean.item(), global_step)
         recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
-        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} return(last 10) {recent} eps {eps_t:.4f} KL inner/random {kl_inner:.2e}/{kl_random:.2e}", flush=True)
+        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} elapsed {hms(elapsed)} ETA {hms(eta)} return(last 10) {recent} eps {eps_t:.4f} KL inner/random {kl_inner:.2e}/{kl_random:.2e}", flush=True)
 
         if args.save_every > 0 and iteration % args.save_every == 0:
             save_checkpoint(ckpt_path, agent, optimizer, envs, args, global_step, iteration)

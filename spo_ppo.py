@@ -26,11 +26,13 @@ Flags that matter: --env-id, --total-timesteps, --learning-rate, --value-learnin
 import os
 import platform
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
@@ -122,6 +124,18 @@ def make_env(env_id, gamma):
     return thunk
 
 
+def print_mujoco_warning(text):
+    """MuJoCo's warning handler less one message. MuJoCo 4 calls the compiler attribute 'settotalmass' of
+    gymnasium's half_cheetah.xml deprecated on every HalfCheetah load (it still applies: same model); we drop
+    exactly that message. Any other warning is printed as MuJoCo prints it (to stderr, not MUJOCO_LOG.TXT)."""
+    if "settotalmass" not in text:
+        print(f"WARNING: {text}", file=sys.stderr, flush=True)
+
+
+def hms(seconds):
+    return f"{int(seconds) // 3600}:{int(seconds) % 3600 // 60:02d}:{int(seconds) % 60:02d}"
+
+
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -150,10 +164,14 @@ class Agent(nn.Module):
     def get_value(self, x):
         return self.critic(x)
 
-    def get_action_and_value(self, x, action=None):
+    def get_policy(self, x):
+        """The Gaussian action distribution pi(.|x)."""
         action_mean = self.actor_mean(x)
         action_std = torch.exp(self.actor_logstd.expand_as(action_mean))
-        probs = Normal(action_mean, action_std, validate_args=False)  # argument checks cost ~15% of a rollout step
+        return Normal(action_mean, action_std, validate_args=False)  # argument checks cost ~15% of a rollout step
+
+    def get_action_and_value(self, x, action=None):
+        probs = self.get_policy(x)
         if action is None:
             action = probs.sample()
         return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
@@ -180,8 +198,6 @@ def merged_rms(envs, name):
 
 def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
     """Self-describing checkpoint; written to a temporary file first so a crash never leaves half a file."""
-    import mujoco
-
     checkpoint = {
         "algo": "spo",
         "env_id": args.env_id,
@@ -210,6 +226,7 @@ def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    mujoco.set_mju_user_warning(print_mujoco_warning)
     try:
         probe = gym.make(args.env_id)
     except gym.error.Error as e:
@@ -419,7 +436,9 @@ if __name__ == "__main__":
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
-        sps = int((global_step - start_step) / (time.time() - start_time))
+        elapsed = time.time() - start_time
+        sps = int((global_step - start_step) / elapsed)
+        eta = elapsed / (iteration - start_iteration + 1) * (args.num_iterations - iteration)
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
@@ -430,7 +449,7 @@ if __name__ == "__main__":
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
         recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
-        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} return(last 10) {recent}", flush=True)
+        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} elapsed {hms(elapsed)} ETA {hms(eta)} return(last 10) {recent}", flush=True)
 
         if args.save_every > 0 and iteration % args.save_every == 0:
             save_checkpoint(ckpt_path, agent, optimizer, envs, args, global_step, iteration)
