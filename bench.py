@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
@@ -30,7 +31,7 @@ import tyro
 from torch.distributions.normal import Normal
 
 from benchmark import write_section
-from spo_ppo import Agent, make_env
+from spo_ppo import Agent, make_env, print_mujoco_warning
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -142,6 +143,7 @@ def eval_seconds(checkpoint, attack, extra=()):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    mujoco.set_mju_user_warning(print_mujoco_warning)
     if args.total_timesteps < 2048 or args.total_timesteps % 2048:
         raise SystemExit("error: --total-timesteps must be a positive multiple of 2048 (whole PPO iterations)")
     torch.set_num_threads(1)

@@ -29,18 +29,20 @@ checkpoint in <attack>_eps<eps>_tb/).
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
 import tyro
 
 import attacks
-from spo_ppo import Agent
+from spo_ppo import Agent, print_mujoco_warning
 
 DEFAULT_EPS = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}
 ATTACKS = ["random", "critic", "mad", "rs", "sarl", "paad"]
@@ -388,14 +390,14 @@ def check_video_backend():
         env.render()
         env.close()
     except Exception as e:
-        raise SystemExit(
-            f"error: --capture-video cannot render offscreen ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "install libosmesa6 (apt-get install libosmesa6) and set MUJOCO_GL=osmesa"
-        )
+        print(f"error: --capture-video cannot render offscreen ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+              "install libosmesa6 (apt-get install libosmesa6) and set MUJOCO_GL=osmesa", file=sys.stderr, flush=True)
+        os._exit(1)  # not SystemExit: the half-built renderer's destructor would print a traceback on the way out
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    mujoco.set_mju_user_warning(print_mujoco_warning)
     torch.set_num_threads(args.threads)
     if args.epsilon is not None and not args.epsilon >= 0:
         raise SystemExit(f"error: --epsilon must be >= 0, got {args.epsilon}")

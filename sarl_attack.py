@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
@@ -63,7 +64,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import attacks
 import evaluate
-from spo_ppo import Agent, clipped_surrogate
+from spo_ppo import Agent, clipped_surrogate, hms, print_mujoco_warning
 
 ATTACK = "sarl"
 LITERATURE_TIMESTEPS = 5000000
@@ -339,7 +340,8 @@ def train(args, victim, victim_ckpt, eps, run_dir):
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
-        sps = int(global_step / (time.time() - start_time))
+        elapsed = time.time() - start_time
+        sps = int(global_step / elapsed)
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
@@ -350,7 +352,8 @@ def train(args, victim, victim_ckpt, eps, run_dir):
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
         recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
-        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} victim return(last 10) {recent}", flush=True)
+        eta = elapsed / iteration * (args.num_iterations - iteration)
+        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} elapsed {hms(elapsed)} ETA {hms(eta)} victim return(last 10) {recent}", flush=True)
 
     reward_rms = []  # the adversary's reward normaliser, one per sub-env (training only; kept for the record)
     for env in envs.envs:
@@ -364,8 +367,6 @@ def train(args, victim, victim_ckpt, eps, run_dir):
 
 def save_adversary(path, adversary, info, args, eps, victim_ckpt, victim_sha1, grid_results):
     """Self-describing adversary checkpoint, written to path.tmp and then moved into place."""
-    import mujoco
-
     checkpoint = {
         "attack": ATTACK,
         "env_id": victim_ckpt["env_id"],
@@ -438,4 +439,5 @@ def main(args):
 
 
 if __name__ == "__main__":
+    mujoco.set_mju_user_warning(print_mujoco_warning)
     main(tyro.cli(Args))
