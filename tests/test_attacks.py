@@ -140,3 +140,44 @@ def test_capture_video_records_or_says_what_to_install(tiny_spo_checkpoint, tmp_
         assert list(videos.glob("natural-ep0*.mp4"))
     else:
         assert_one_line_error(proc, "libosmesa6")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_interval_bounds_contain_every_point_of_the_ball(seed):
+    """IBP (attacks.interval_bounds): random Linear/Tanh nets of random widths and depths, random eps; the
+    outputs at random points of the ball and at its corners lie inside [lower, upper]."""
+    g = torch.Generator().manual_seed(seed)
+    dims = [int(torch.randint(2, 17, (1,), generator=g)) for _ in range(int(torch.randint(2, 5, (1,), generator=g)))]
+    layers = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers += [torch.nn.Linear(a, b)] + ([torch.nn.Tanh()] if i < len(dims) - 2 else [])
+    net = torch.nn.Sequential(*layers)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=float(torch.rand(1, generator=g)) * 2 + 0.1, generator=g)
+    obs = torch.randn(5, dims[0], generator=g)
+    eps = float(torch.rand(1, generator=g)) * 0.5 + 0.01
+    lower, upper = attacks.interval_bounds(net, obs, eps)
+    assert lower.shape == upper.shape == (5, dims[-1]) and (lower <= upper).all()
+    signs = torch.randint(0, 2, (200, 1, dims[0]), generator=g) * 2 - 1  # corners
+    inside = 2 * torch.rand(200, 1, dims[0], generator=g) - 1
+    with torch.no_grad():
+        for offsets in (signs, inside):
+            out = net(obs + eps * offsets)  # (200, 5, out)
+            assert (out >= lower - 1e-5).all() and (out <= upper + 1e-5).all()
+        # eps = 0: the bounds collapse onto the output; a larger eps only widens them
+        l0, u0 = attacks.interval_bounds(net, obs, 0.0)
+        assert torch.equal(l0, net(obs)) and torch.equal(u0, net(obs))
+        l2, u2 = attacks.interval_bounds(net, obs, 2 * eps)
+        assert (l2 <= lower + 1e-6).all() and (u2 >= upper - 1e-6).all() and (u2 - l2 > upper - lower).any()
+
+
+def test_interval_bounds_are_differentiable_and_refuse_other_nets():
+    agent = Agent(11, 3)
+    obs = torch.randn(8, 11)
+    lower, upper = attacks.interval_bounds(agent.actor_mean, obs, torch.full((8, 1), 0.1))  # a per-sample eps
+    (upper - lower).sum().backward()
+    assert agent.actor_mean[0].weight.grad is not None and agent.actor_mean[0].weight.grad.abs().sum() > 0
+    with pytest.raises(TypeError):
+        attacks.interval_bounds(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU()), torch.zeros(1, 3), 0.1)
+    with pytest.raises(ValueError):
+        attacks.interval_bounds(agent.actor_mean, obs, -0.1)
