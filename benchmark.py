@@ -78,10 +78,14 @@ class Run:
     """extra flags passed to every training script, written with '=': --extra="--inner-steps 5" """
     attacks: str = "all"
     """attacks for evaluate.py after each run"""
+    learned: bool = True
+    """with --attacks all: train the learned adversaries (SA-RL, PA-AD) of every run first (--no-learned: skip them, for smoke runs)"""
     eval_episodes: int = 50
     """episodes of each evaluation"""
     root: str = "runs/sweep"
-    """where the runs go"""
+    """where the training runs go (TensorBoard logs, full checkpoints for --resume; not committed)"""
+    results: str = "results"
+    """where each finished run is exported for committing: <results>/<preset>/<env>/<algo>/s<seed>/"""
     workers: int = os.cpu_count() or 1
     """runs in parallel on this machine (one torch thread each)"""
     save_every: int = 10
@@ -98,8 +102,8 @@ class Run:
 class Aggregate:
     """Aggregate the sweep's evaluation JSONs into a markdown table and plots."""
 
-    root: str = "runs/sweep"
-    """where the runs are"""
+    root: str = "results/quick"
+    """where the runs are: <root>/<env>/<algo>/s<seed>/eval.json (a committed results/<preset>, or a sweep root)"""
     output: str = "docs/results.md"
     """the markdown report; only this root's section (between marker comments) is replaced"""
     title: Optional[str] = None
@@ -132,21 +136,67 @@ def jobs_of(args):
                 elif args.total_timesteps:
                     flags += ["--total-timesteps", str(args.total_timesteps)]
                 run_dir = os.path.join(root, env_id, algo, f"s{seed}")
+                out_dir = os.path.join(os.path.abspath(args.results), args.preset, env_id, algo, f"s{seed}")
                 train = [sys.executable, os.path.join(REPO, script), *flags, *args.extra.split(),
                          "--run-dir", run_dir, "--save-every", str(args.save_every), "--resume"]
-                evaluate = [sys.executable, os.path.join(REPO, "evaluate.py"), os.path.join(run_dir, "agent.pt"),
+                evaluate = [sys.executable, os.path.join(REPO, "evaluate.py"), os.path.join(out_dir, "agent.pt"),
                             "--attacks", args.attacks, "--num-episodes", str(args.eval_episodes),
-                            "--output", os.path.join(run_dir, "eval.json")] + (["--rs-grid"] if args.preset == "paper" else [])
-                jobs.append({"name": f"{env_id}/{algo}/s{seed}", "run_dir": run_dir, "train": train, "evaluate": evaluate})
+                            "--output", os.path.join(out_dir, "eval.json")] + (["--rs-grid"] if args.preset == "paper" else [])
+                evaluate += ["--train-learned"] if args.learned and args.attacks == "all" else []
+                jobs.append({"name": f"{env_id}/{algo}/s{seed}", "run_dir": run_dir, "out_dir": out_dir, "script": script,
+                             "train": train, "evaluate": evaluate})
     return jobs
 
 
+def code_commit(*files):
+    """The commit the code runs from, with '+dirty' if any of `files` differs from it (None outside a git checkout)."""
+    try:
+        git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", *files) else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def export_run(run_dir, out_dir):
+    """The committed form of a finished training run, written into out_dir: agent.pt without the optimiser
+    (networks, observation normaliser, args, versions, and the commits of the code that trained it, enough
+    for evaluate.py and the learned attacks) and curve.csv (step, episodic return of every training episode)."""
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ckpt = torch.load(os.path.join(run_dir, "agent.pt"), map_location="cpu", weights_only=True)
+    if ckpt["iteration"] < ckpt["args"]["num_iterations"]:
+        raise RuntimeError(f"{run_dir}/agent.pt stopped at iteration {ckpt['iteration']} of {ckpt['args']['num_iterations']}")
+    del ckpt["optimizer"]
+    with open(os.path.join(run_dir, "commits.txt")) as f:
+        ckpt["commits"] = list(dict.fromkeys(line.strip() for line in f if line.strip()))  # one per (re)start, in order
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    events = acc.Scalars("charts/episodic_return") if "charts/episodic_return" in acc.Tags()["scalars"] else []
+    os.makedirs(out_dir, exist_ok=True)
+    torch.save(ckpt, os.path.join(out_dir, "agent.pt.tmp"))
+    with open(os.path.join(out_dir, "curve.csv.tmp"), "w") as f:
+        f.write("step,episodic_return\n" + "".join(f"{e.step},{e.value:.1f}\n" for e in events))
+    for name in ("agent.pt", "curve.csv"):
+        os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
+
+
 def run_job(job):
-    """Train (resuming if a checkpoint exists) then evaluate; logs go next to the run. Returns (job, ok, seconds)."""
+    """Train (resuming if a checkpoint exists), export the finished run to its results directory, evaluate
+    it there; logs go next to the training run. Returns (job, status, seconds)."""
     t0 = time.time()
     os.makedirs(job["run_dir"], exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for step in ("train", "evaluate"):
+    with open(os.path.join(job["run_dir"], "commits.txt"), "a") as f:  # the code of every (re)start of the training
+        f.write(f"{code_commit(job['script'], 'attacks.py')}\n")
+    exported = os.path.exists(os.path.join(job["out_dir"], "agent.pt"))  # then it is trained, maybe on another machine
+    for step in ("train", "export", "evaluate") if not exported else ("evaluate",):
+        if step == "export":  # never over an export that exists: learned adversaries are bound to its exact bytes
+            try:
+                export_run(job["run_dir"], job["out_dir"])
+            except (OSError, RuntimeError, KeyError) as e:
+                return job, f"export failed ({type(e).__name__}: {e})", time.time() - t0
+            continue
         with open(os.path.join(job["run_dir"], f"{step}.log"), "a") as log:
             proc = subprocess.run(job[step], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         if proc.returncode != 0:
@@ -183,6 +233,17 @@ def emit_slurm(args, jobs):
     print(f"wrote {path} ({len(jobs)} array tasks); submit with: sbatch {path}")
 
 
+def is_complete(job, args):
+    """Evaluated, and with the learned attacks if this sweep asks for them."""
+    path = os.path.join(job["out_dir"], "eval.json")
+    if not os.path.isfile(path):
+        return False
+    if not (args.learned and args.attacks == "all"):
+        return True
+    with open(path) as f:
+        return {"sarl", "paad"} <= set(json.load(f)["results"])
+
+
 def run(args: Run):
     jobs = jobs_of(args)
     if args.emit == "slurm":
@@ -191,7 +252,7 @@ def run(args: Run):
         if not 0 <= args.only_index < len(jobs):
             raise SystemExit(f"error: --only-index {args.only_index} outside 0..{len(jobs) - 1}")
         jobs = [jobs[args.only_index]]
-    todo = [j for j in jobs if not os.path.exists(os.path.join(j["run_dir"], "eval.json"))]
+    todo = [j for j in jobs if not is_complete(j, args)]
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already complete, {len(todo)} to do with {args.workers} workers", flush=True)
     if args.dry_run:
         for j in todo:
@@ -241,17 +302,16 @@ def load_results(root):
 
 
 def learning_curves(run_dirs, grid_points=50):
-    """Episodic returns of each run interpolated onto a common step grid: (steps, array runs x grid)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+    """Episodic returns of each run (its curve.csv) interpolated onto a common step grid: (steps, array runs x grid)."""
     curves = []
     for d in run_dirs:
-        acc = EventAccumulator(d, size_guidance={"scalars": 0})
-        acc.Reload()
-        if "charts/episodic_return" not in acc.Tags()["scalars"]:
+        path = os.path.join(d, "curve.csv")
+        if not os.path.isfile(path):
             continue
-        events = acc.Scalars("charts/episodic_return")
-        steps, values = np.array([e.step for e in events]), np.array([e.value for e in events])
+        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+        if len(table) == 0:
+            continue
+        steps, values = table[:, 0], table[:, 1]
         window = max(1, len(values) // 100)  # light smoothing: running mean over 1 % of the episodes
         smooth = np.convolve(values, np.ones(window) / window, mode="valid")
         curves.append((steps[window - 1 :], smooth))

@@ -1,6 +1,7 @@
 """benchmark.py: the sweep skips finished runs, resumes killed ones, emits SLURM, and aggregates correctly."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -31,16 +32,25 @@ def test_sweep_resumes_a_killed_run_then_skips_it(tmp_path):
     killed_at = torch.load(run_dir / "agent.pt", weights_only=True)["global_step"]
     assert 0 < killed_at < 1280
 
-    out = run_script("benchmark.py", "run", "--root", root, *TINY_SWEEP)
+    results = tmp_path / "results"
+    out = run_script("benchmark.py", "run", "--root", root, "--results", results, *TINY_SWEEP)
     assert "0 already complete, 1 to do" in out.stdout and "ok" in out.stdout
     assert "resuming" in (run_dir / "train.log").read_text()
     assert torch.load(run_dir / "agent.pt", weights_only=True)["global_step"] == 1280
-    assert json.loads((run_dir / "eval.json").read_text())["num_episodes"] == 2
+    # the finished run is exported for committing: agent without optimiser, the code's commit, curve, evaluation
+    exported = results / "none" / "Hopper-v5" / "spo" / "s1"
+    agent = torch.load(exported / "agent.pt", weights_only=True)
+    assert "optimizer" not in agent and agent["global_step"] == 1280
+    assert len(agent["commits"]) == 1 and re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", agent["commits"][0])
+    curve = (exported / "curve.csv").read_text().splitlines()
+    assert curve[0] == "step,episodic_return" and len(curve) > 5 and all(0 < int(l.split(",")[0]) <= 1280 for l in curve[1:])
+    assert json.loads((exported / "eval.json").read_text())["num_episodes"] == 2
+    assert not (run_dir / "eval.json").exists()
 
-    before = (run_dir / "eval.json").stat().st_mtime
-    out = run_script("benchmark.py", "run", "--root", root, *TINY_SWEEP)
+    before = (exported / "eval.json").stat().st_mtime
+    out = run_script("benchmark.py", "run", "--root", root, "--results", results, *TINY_SWEEP)
     assert "1 already complete, 0 to do" in out.stdout
-    assert (run_dir / "eval.json").stat().st_mtime == before
+    assert (exported / "eval.json").stat().st_mtime == before
 
 
 @pytest.mark.parametrize("emit", [["--emit", "slurm"], ["--emit=slurm"]])
