@@ -27,6 +27,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional
@@ -110,6 +111,8 @@ class Aggregate:
     """heading of this root's section (default: the root)"""
     figures: str = "docs/figures"
     """where the PNG plots go"""
+    bootstrap_reps: int = 2000
+    """bootstrap resamples of each confidence interval (rliable's default, 50000, takes minutes here)"""
 
 
 def env_family(env_id):
@@ -284,21 +287,68 @@ def run(args: Run):
         raise SystemExit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}")
 
 
-def iqr(values):
-    q1, med, q3 = np.percentile(values, [25, 50, 75])
-    return med, q1, q3
+def agent_problem(seed_dir):
+    """Why the agent of a results/ run cannot be evaluated again (None if it can)."""
+    path = os.path.join(seed_dir, "agent.pt")
+    if not os.path.isfile(path):
+        return "agent.pt is missing"
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        missing = {"env_id", "agent", "obs_rms"} - set(ckpt)
+    except Exception as e:  # a truncated or foreign file: say which and go on with the others
+        return f"agent.pt is unreadable ({type(e).__name__})"
+    return f"agent.pt lacks {sorted(missing)}" if missing else None
 
 
 def load_results(root):
-    """{env_id: {algo: [report, ...]}} from root/<env>/<algo>/s<seed>/eval.json."""
-    results = {}
+    """({env_id: {algo: [report, ...]}}, [runs left out, with why]) from root/<env>/<algo>/s<seed>/eval.json;
+    a run counts only if its agent can be evaluated again."""
+    results, left_out = {}, []
     for path in sorted(p for p in glob.glob(os.path.join(root, "*", "*", "s*", "eval.json")) if os.path.isfile(p)):
+        seed_dir = os.path.dirname(path)
         env_id, algo = path.split(os.sep)[-4:-2]
-        with open(path) as f:
-            report = json.load(f)
-        report["seed_dir"] = os.path.dirname(path)
+        try:
+            with open(path) as f:
+                report = json.load(f)
+            float(report["results"]["natural"]["mean"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            left_out.append(f"{seed_dir}: eval.json is unreadable ({type(e).__name__})")
+            continue
+        problem = agent_problem(seed_dir)
+        if problem:
+            left_out.append(f"{seed_dir}: {problem}")
+            continue
+        report["seed_dir"] = seed_dir
         results.setdefault(env_id, {}).setdefault(algo, []).append(report)
-    return results
+    return results, left_out
+
+
+def bootstrap(score_dict, func, reps, seed=0):
+    """rliable's stratified-bootstrap point estimate and 95 % CI of func over {name: runs (x tasks)}: {name: (point, lo, hi)}."""
+    from rliable import library as rly
+
+    with warnings.catch_warnings():  # arch's notice about RandomState; the seeded RandomState keeps the CIs reproducible
+        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+        point, ci = rly.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
+    return {k: (float(point[k][0]), float(ci[k][0][0]), float(ci[k][1][0])) for k in score_dict}
+
+
+def iqm_ci(values_by_name, reps):
+    """Interquartile mean over seeds and its 95 % stratified-bootstrap CI, per name: {name: (iqm, lo, hi)}."""
+    from rliable import metrics
+
+    scores = {k: np.asarray(v, dtype=float).reshape(-1, 1) for k, v in values_by_name.items() if len(v)}
+    return bootstrap(scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps) if scores else {}
+
+
+def probability_of_improvement(x, others, reps):
+    """P(a run of x scores higher than a run of y) and its 95 % CI for each y in others (rliable; Mann-Whitney)."""
+    from rliable import metrics
+
+    pairs = {k: (np.reshape(x, (-1, 1)).astype(float), np.reshape(y, (-1, 1)).astype(float)) for k, y in others.items() if len(y)}
+    return bootstrap(pairs, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps) if pairs and len(x) else {}
 
 
 def learning_curves(run_dirs, grid_points=50):
@@ -340,41 +390,65 @@ def write_section(path, key, text, new_file_head=""):
 
 
 def aggregate(args: Aggregate):
-    results = load_results(args.root)
+    results, left_out = load_results(args.root)
+    for line in left_out:
+        print(f"left out {line}", file=sys.stderr)
     if not results:
-        raise SystemExit(f"error: no eval.json under {args.root}/<env>/<algo>/s<seed>/")
+        raise SystemExit(f"error: no evaluated run under {args.root}/<env>/<algo>/s<seed>/ (eval.json and agent.pt)")
+    if args.bootstrap_reps < 100:
+        raise SystemExit(f"error: --bootstrap-reps must be >= 100, got {args.bootstrap_reps}")
     import matplotlib
 
     from evaluate import ATTACKS
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from rliable import library as rly, plot_utils
 
     os.makedirs(args.figures, exist_ok=True)
-    lines = [f"## {args.title or args.root}", "", f"Aggregated by `python benchmark.py aggregate --root {args.root}` from "
-             f"{sum(len(r) for e in results.values() for r in e.values())} evaluated runs. Each cell: median "
-             "[interquartile range] over seeds of the 50-episode mean return; worst case = minimum over the "
-             "attacks evaluated; robustness = (worst − natural) / natural.", ""]
-    for env_id, by_algo in results.items():
+    name = os.path.basename(os.path.normpath(args.root))
+    n_runs = sum(len(r) for e in results.values() for r in e.values())
+    lines = [f"## {args.title or args.root}", "",
+             f"Aggregated by `python benchmark.py aggregate --root {args.root}` from {n_runs} evaluated runs"
+             + (f" ({len(left_out)} left out: " + "; ".join(left_out) + ")" if left_out else "") + ". "
+             "Each run's score is the mean return of 50 deterministic episodes. Cells: interquartile mean (IQM) over "
+             f"seeds [95 % stratified-bootstrap confidence interval, {args.bootstrap_reps} resamples] (rliable; with fewer "
+             "than 4 seeds the IQM is the plain mean); attack columns: IQM alone. Worst case = minimum over the attacks "
+             "evaluated; robustness = (worst − natural) / natural.", ""]
+    profiles_fig, profile_axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
+    for panel, (env_id, by_algo) in enumerate(results.items()):
         seen = {a for reps in by_algo.values() for r in reps for a in r["results"] if a != "natural"}
         attacks = [a for a in ATTACKS if a in seen] + sorted(seen - set(ATTACKS))  # evaluate.py's order
         by_algo = dict(sorted(by_algo.items(), key=lambda kv: list(ALGOS).index(kv[0]) if kv[0] in ALGOS else len(ALGOS)))
         eps = sorted({r["epsilon"] for reps in by_algo.values() for r in reps})
         steps = sorted({r["global_step"] for reps in by_algo.values() for r in reps if r.get("global_step")})
+        natural = {a: [r["results"]["natural"]["mean"] for r in reps] for a, reps in by_algo.items()}
+        worst = {a: [r["worst_case"] for r in reps if r.get("worst_case") is not None] for a, reps in by_algo.items()}
+        nat_ci, worst_ci = iqm_ci(natural, args.bootstrap_reps), iqm_ci(worst, args.bootstrap_reps)
+
+        def cell(estimate, fmt="{:.0f}"):
+            return f"{fmt.format(estimate[0])} [{fmt.format(estimate[1])}, {fmt.format(estimate[2])}]" if estimate else "–"
+
+        def iqm(values, fmt="{:.0f}"):
+            from rliable import metrics
+
+            return fmt.format(metrics.aggregate_iqm(np.asarray(values, dtype=float))) if values else "–"
+
         lines += [f"### {env_id} (ε = {', '.join(map(str, eps))})", "",
                   "| algorithm | seeds | natural | " + " | ".join(attacks) + " | worst case | robustness |",
                   "|---|---|---|" + "---|" * len(attacks) + "---|---|"]
         for algo, reps in by_algo.items():
-            def cell(values, fmt="{:.0f}"):
-                if not values:
-                    return "–"
-                med, q1, q3 = iqr(values)
-                return f"{fmt.format(med)} [{fmt.format(q1)}, {fmt.format(q3)}]"
-            row = [algo, str(len(reps)), cell([r["results"]["natural"]["mean"] for r in reps])]
-            row += [cell([r["results"][a]["mean"] for r in reps if a in r["results"]]) for a in attacks]
-            attacked = [r for r in reps if r.get("worst_case") is not None]  # runs evaluated without attacks have none
-            row += [cell([r["worst_case"] for r in attacked]), cell([100 * r["robustness"] for r in attacked], "{:+.0f}%")]
+            row = [algo, str(len(reps)), cell(nat_ci.get(algo))]
+            row += [iqm([r["results"][a]["mean"] for r in reps if a in r["results"]]) for a in attacks]
+            robustness = [100 * r["robustness"] for r in reps if r.get("worst_case") is not None]
+            row += [cell(worst_ci.get(algo)), iqm(robustness, "{:+.0f}%")]
             lines.append("| " + " | ".join(row) + " |")
+        if "barpo_k1" in worst and worst["barpo_k1"] and len(by_algo) > 1:
+            poi = probability_of_improvement(worst["barpo_k1"], {a: v for a, v in worst.items() if a != "barpo_k1"}, args.bootstrap_reps)
+            lines += ["", "Probability that a BARPO (κ = 1) run has a higher worst-case return than a run of each other "
+                      "algorithm (rliable; 0.5 = no difference; an interval that excludes 0.5 decides):", "",
+                      "| BARPO vs | P(BARPO better) [95 % CI] |", "|---|---|"]
+            lines += [f"| {a} | {cell(v, '{:.2f}')} |" for a, v in poi.items()]
         lines += ["", "<details><summary>per seed</summary>", "",
                   "| algorithm | seed | natural | " + " | ".join(attacks) + " | worst case |",
                   "|---|---|---|" + "---|" * len(attacks) + "---|"]
@@ -385,27 +459,19 @@ def aggregate(args: Aggregate):
                 lines.append("| " + " | ".join(row + [f"{r['worst_case']:.0f}" if r.get("worst_case") is not None else "–"]) + " |")
         lines += ["", "</details>"]
         ref = PAPER_BARPO.get(env_family(env_id))
-        if ref:  # the paper's numbers beside ours (SPEC.md §7)
-            def median_of(algo, key):  # the same medians as the main table's natural / worst case columns
-                reps = by_algo.get(algo, [])
-                if key == "natural":
-                    values = [r["results"]["natural"]["mean"] for r in reps]
-                else:
-                    values = [r["worst_case"] for r in reps if r.get("worst_case") is not None]
-                return float(np.median(values)) if values else None
+        if ref:  # the paper's numbers beside ours (docs/design.md, "The paper's numbers")
+            def change(algo, estimates):
+                ours, base = estimates.get(algo), estimates.get("arpo")
+                return f"{100 * (ours[0] - base[0]) / abs(base[0]):+.0f}%" if ours and base and base[0] else "–"
 
-            def change(algo, key):
-                ours, base = median_of(algo, key), median_of("arpo", key)
-                return f"{100 * (ours - base) / abs(base):+.0f}%" if ours is not None and base else "–"
-
-            ours_k1 = [median_of("barpo_k1", k) for k in ("natural", "worst")]
+            ours_k1 = [e.get("barpo_k1") for e in (nat_ci, worst_ci)]
             paper_k0 = PAPER_K0_VS_ARPO[env_family(env_id)]
-            lines += ["", "| compared with the paper (gym -v2, 2M steps, median of 17 agents) | ours (median) | paper |",
+            lines += ["", "| compared with the paper (gym -v2, 2M steps, median of 17 agents) | ours (IQM) | paper |",
                       "|---|---|---|",
                       "| BARPO (κ = 1): natural / worst case | "
-                      + (" / ".join(f"{v:.0f}" for v in ours_k1) if None not in ours_k1 else "–") + f" | {ref[0]} / {ref[1]} |",
-                      f"| BARPO w/o guidance (κ = 0) vs ARPO: natural | {change('barpo_k0', 'natural')} | {paper_k0[0]:+d}% |",
-                      f"| BARPO w/o guidance (κ = 0) vs ARPO: worst case | {change('barpo_k0', 'worst')} | {paper_k0[1]:+d}% |",
+                      + (" / ".join(f"{e[0]:.0f}" for e in ours_k1) if None not in ours_k1 else "–") + f" | {ref[0]} / {ref[1]} |",
+                      f"| BARPO w/o guidance (κ = 0) vs ARPO: natural | {change('barpo_k0', nat_ci)} | {paper_k0[0]:+d}% |",
+                      f"| BARPO w/o guidance (κ = 0) vs ARPO: worst case | {change('barpo_k0', worst_ci)} | {paper_k0[1]:+d}% |",
                       "", "v5 returns are comparable in shape, not digit for digit. Our training budget: "
                       + (", ".join(f"{step:,}" for step in steps) + " steps per run." if steps else "not recorded.")]
         # plots: learning curves (median, IQR band) and natural vs worst case per seed
@@ -428,10 +494,27 @@ def aggregate(args: Aggregate):
         ax1.legend(fontsize=8)
         ax2.legend(fontsize=8)
         fig.tight_layout()
-        png = os.path.join(args.figures, f"results_{os.path.basename(os.path.normpath(args.root))}_{env_id}.png")
+        png = os.path.join(args.figures, f"results_{name}_{env_id}.png")
         fig.savefig(png, dpi=110)
         plt.close(fig)
         lines += ["", f"![{env_id}]({os.path.relpath(png, os.path.dirname(args.output) or '.')})", ""]
+        # performance profile of the worst-case returns: the fraction of runs scoring above tau, for every tau
+        scores = {a: np.asarray(v, dtype=float).reshape(-1, 1) for a, v in worst.items() if v}
+        if scores:
+            taus = np.linspace(0, 1.05 * max(float(v.max()) for v in scores.values()), 101)
+            with warnings.catch_warnings():  # as in bootstrap()
+                warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+                profiles, profile_cis = rly.create_performance_profile(scores, taus, reps=args.bootstrap_reps)
+            plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=profile_cis, ax=profile_axes[0][panel],
+                                                 xlabel="worst-case return τ", ylabel="fraction of runs > τ")
+            profile_axes[0][panel].set_title(env_id)
+            profile_axes[0][panel].legend(fontsize=8)
+    profiles_fig.tight_layout()
+    png = os.path.join(args.figures, f"results_{name}_worst_case_profiles.png")
+    profiles_fig.savefig(png, dpi=110)
+    plt.close(profiles_fig)
+    lines += [f"Performance profiles of the worst-case return (fraction of runs above each return τ, 95 % CI bands): "
+              f"![worst-case profiles]({os.path.relpath(png, os.path.dirname(args.output) or '.')})", ""]
     write_section(args.output, args.root, "\n".join(lines), new_file_head="# Results\n")
     print("\n".join(lines))
     print(f"wrote {args.output}")
