@@ -16,7 +16,7 @@ Algorithms (the paper's four configurations plus PPO):
     spo       spo_ppo.py                      arpo      arpo_ppo.py (kappa 0)
     arpo_k1   arpo_ppo.py --kappa 1           barpo_k0  barpo_ppo.py --kappa 0 ("w/o guidance")
     barpo_k1  barpo_ppo.py --kappa 1 (BARPO)
-Presets carry the per-env learning rates of the robust-RL literature (SPEC.md §3): `paper` = 2M steps
+Presets carry the per-env learning rates of the robust-RL literature (docs/design.md §7): `paper` = 2M steps
 (Ant 10M) and Robust Sarsa's grid of 6 Q models in the evaluation, `quick` = 500k steps (Ant 2M) and one
 Q model, same learning rates.
 """
@@ -55,7 +55,7 @@ PRESET_STEPS = {
     "paper": {"Ant": 10_000_000, "default": 2_000_000},
     "quick": {"Ant": 2_000_000, "default": 500_000},
 }
-# SPEC.md §7: the paper's BAR-PPO (natural / worst case), median of 17 agents, 2M steps, gym -v2
+# Li et al. (ICLR 2026): BAR-PPO's natural / worst case, median of 17 agents, 2M steps, gym -v2 (docs/design.md §9)
 PAPER_BARPO = {"Hopper": (3684, 1340), "Walker2d": (4732, 2699), "HalfCheetah": (4837, 3181), "Ant": (5024, 2825)}
 # and BARPO without guidance relative to ARPO, in % (natural, worst case)
 PAPER_K0_VS_ARPO = {"Hopper": (75, 4), "Walker2d": (104, 173), "HalfCheetah": (156, 209), "Ant": (113, 61)}
@@ -459,7 +459,7 @@ def aggregate(args: Aggregate):
                 lines.append("| " + " | ".join(row + [f"{r['worst_case']:.0f}" if r.get("worst_case") is not None else "–"]) + " |")
         lines += ["", "</details>"]
         ref = PAPER_BARPO.get(env_family(env_id))
-        if ref:  # the paper's numbers beside ours (docs/design.md, "The paper's numbers")
+        if ref:  # the paper's numbers beside ours (docs/design.md §9)
             def change(algo, estimates):
                 ours, base = estimates.get(algo), estimates.get("arpo")
                 return f"{100 * (ours[0] - base[0]) / abs(base[0]):+.0f}%" if ours and base and base[0] else "–"
