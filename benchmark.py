@@ -399,11 +399,11 @@ def aggregate(args: Aggregate):
         raise SystemExit(f"error: --bootstrap-reps must be >= 100, got {args.bootstrap_reps}")
     import matplotlib
 
-    from evaluate import ATTACKS
+    from evaluate import ATTACKS, LEARNED_ATTACKS
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from rliable import library as rly, plot_utils
+    from rliable import library as rly, metrics, plot_utils
 
     os.makedirs(args.figures, exist_ok=True)
     name = os.path.basename(os.path.normpath(args.root))
@@ -430,8 +430,6 @@ def aggregate(args: Aggregate):
             return f"{fmt.format(estimate[0])} [{fmt.format(estimate[1])}, {fmt.format(estimate[2])}]" if estimate else "–"
 
         def iqm(values, fmt="{:.0f}"):
-            from rliable import metrics
-
             return fmt.format(metrics.aggregate_iqm(np.asarray(values, dtype=float))) if values else "–"
 
         lines += [f"### {env_id} (ε = {', '.join(map(str, eps))})", "",
@@ -449,6 +447,22 @@ def aggregate(args: Aggregate):
                       "algorithm (rliable; 0.5 = no difference; an interval that excludes 0.5 decides):", "",
                       "| BARPO vs | P(BARPO better) [95 % CI] |", "|---|---|"]
             lines += [f"| {a} | {cell(v, '{:.2f}')} |" for a, v in poi.items()]
+        learned = [a for a in attacks if a in LEARNED_ATTACKS]
+        if learned:  # what the learned attacks add: the worst case without them, and with them
+            def worst_over(r, names):
+                values = [r["results"][a]["mean"] for a in names if a in r["results"]]
+                return min(values) if values else None
+
+            gradient = [a for a in attacks if a not in LEARNED_ATTACKS]
+            lines += ["", f"How far the worst case falls when the learned attacks ({', '.join(learned)}) join the "
+                      f"others ({', '.join(gradient)}), over the runs evaluated with both (IQM over seeds):", "",
+                      "| algorithm | runs | worst case without | with | change |", "|---|---|---|---|---|"]
+            for algo, reps in by_algo.items():
+                both = [r for r in reps if all(a in r["results"] for a in learned) and worst_over(r, gradient) is not None]
+                if both:
+                    without = metrics.aggregate_iqm(np.array([worst_over(r, gradient) for r in both], dtype=float))
+                    with_ = metrics.aggregate_iqm(np.array([worst_over(r, attacks) for r in both], dtype=float))
+                    lines.append(f"| {algo} | {len(both)} | {without:.0f} | {with_:.0f} | {100 * (with_ - without) / abs(without):+.0f}% |")
         lines += ["", "<details><summary>per seed</summary>", "",
                   "| algorithm | seed | natural | " + " | ".join(attacks) + " | worst case |",
                   "|---|---|---|" + "---|" * len(attacks) + "---|"]

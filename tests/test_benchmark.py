@@ -113,7 +113,7 @@ def test_aggregate_iqm_with_bootstrap_intervals_from_fixture_runs(tmp_path):
     (broken / "agent.pt").write_bytes(b"not a checkpoint")
     out = tmp_path / "results.md"
     (out).write_text("# Results\n\nhand-written intro that must survive\n")
-    proc = run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "500")
+    proc = run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
     # runs whose agent cannot be evaluated again are named and left out; the others are aggregated
     assert f"{missing}: agent.pt is missing" in proc.stderr and f"{broken}: agent.pt is unreadable" in proc.stderr
     text = out.read_text()
@@ -131,12 +131,19 @@ def test_aggregate_iqm_with_bootstrap_intervals_from_fixture_runs(tmp_path):
     assert "| BARPO (κ = 1): natural / worst case | 2500 / 650 | 3684 / 1340 |" in text  # paper beside ours
     assert "| BARPO w/o guidance (κ = 0) vs ARPO: natural | – | +75% |" in text  # neither was run here
     assert (tmp_path / "fig" / "results_sweep_worst_case_profiles.png").stat().st_size > 10_000
+    assert "How far the worst case falls" not in text  # no learned attack evaluated yet
     # with ARPO and BARPO w/o guidance: relative IQMs, natural 3000 vs 2000 = +50%, worst 300 vs 600 = -50%
     for seed, (nat, mad) in enumerate([(1000, 500), (3000, 700)], 1):
         write_eval(root, "Hopper-v5", "arpo", seed, nat, {"mad": mad})
     write_eval(root, "Hopper-v5", "barpo_k0", 1, 3000, {"mad": 300})
-    run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "500")
+    # learned attacks on Walker2d: worst case without them 1000 / 600 (IQM 800), with them 500 / 200 (IQM 350)
+    write_eval(root, "Walker2d-v5", "spo", 1, 3000, {"mad": 1000, "random": 2000, "sarl": 500, "paad": 800})
+    write_eval(root, "Walker2d-v5", "spo", 2, 2000, {"mad": 600, "random": 1500, "sarl": 700, "paad": 200})
+    run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
     text = out.read_text()
+    assert "| spo | 2 | 800 | 350 | -56% |" in text
+    assert cells(text.split("### Walker2d-v5")[1], "spo")[:7] == ["spo", "2", cells(text.split("### Walker2d-v5")[1], "spo")[2],
+                                                                  "1750", "800", "600", "500"]  # random, mad, sarl, paad IQMs
     assert text.count("<!-- begin") == 1  # re-running replaces its section
     assert "hand-written intro that must survive" in text
     assert "| BARPO w/o guidance (κ = 0) vs ARPO: natural | +50% | +75% |" in text
