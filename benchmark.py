@@ -16,6 +16,7 @@ Algorithms (the paper's four configurations plus PPO):
     spo       spo_ppo.py                      arpo      arpo_ppo.py (kappa 0)
     arpo_k1   arpo_ppo.py --kappa 1           barpo_k0  barpo_ppo.py --kappa 0 ("w/o guidance")
     barpo_k1  barpo_ppo.py --kappa 1 (BARPO)
+    wocar     wocar_ppo.py (WocaR-PPO, the authors' per-env settings)
 Presets carry the per-env learning rates of the robust-RL literature (SPEC.md §3): `paper` = 2M steps
 (Ant 10M) and Robust Sarsa's grid of 6 Q models in the evaluation, `quick` = 500k steps (Ant 2M) and one
 Q model, same learning rates.
@@ -42,6 +43,7 @@ ALGOS = {
     "arpo_k1": ("arpo_ppo.py", ["--kappa", "1"]),
     "barpo_k0": ("barpo_ppo.py", ["--kappa", "0"]),
     "barpo_k1": ("barpo_ppo.py", ["--kappa", "1"]),
+    "wocar": ("wocar_ppo.py", []),
 }
 # per-env flags of the robust-RL literature: policy / value learning rates, HalfCheetah's entropy and initial std
 ENV_FLAGS = {
@@ -49,6 +51,16 @@ ENV_FLAGS = {
     "Walker2d": ["--learning-rate", "4e-4", "--value-learning-rate", "3e-4"],
     "HalfCheetah": ["--learning-rate", "1e-4", "--value-learning-rate", "1e-3", "--ent-coef", "1e-4", "--init-logstd", "-0.6931"],
     "Ant": ["--learning-rate", "5e-5", "--value-learning-rate", "1e-5"],
+}
+# per-env flags of one algorithm, after ENV_FLAGS: WocaR-PPO's settings in the authors' configs (umd-huang-lab/WocaR-RL
+# at 2856174, WocaR-PPO/src/config_*_robust_q_ppo*.json): radius, SGLD weight, final worst-case weight, its schedule, Q's rate
+ALGO_ENV_FLAGS = {
+    "wocar": {
+        "Hopper": ["--epsilon", "0.075", "--kappa", "0.1", "--q-weight", "0.8", "--q-weight-schedule", "linear", "--q-lr", "4e-4"],
+        "Walker2d": ["--epsilon", "0.05", "--kappa", "0.1", "--q-weight", "0.8", "--q-weight-schedule", "exp", "--q-lr", "4e-4"],
+        "HalfCheetah": ["--epsilon", "0.15", "--kappa", "0.1", "--q-weight", "0.5", "--q-weight-schedule", "linear", "--q-lr", "4e-4"],
+        "Ant": ["--epsilon", "0.15", "--kappa", "0.003", "--q-weight", "0.8", "--q-weight-schedule", "linear", "--q-lr", "3e-5"],
+    },
 }
 PRESET_STEPS = {
     "paper": {"Ant": 10_000_000, "default": 2_000_000},
@@ -65,7 +77,7 @@ class Run:
     """Run (or emit) the sweep."""
 
     algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
-    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1)"""
+    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, wocar)"""
     envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
     """environment ids"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
@@ -132,7 +144,7 @@ def jobs_of(args):
                 flags = ["--env-id", env_id, "--seed", str(seed)] + algo_flags
                 if args.preset != "none":
                     steps = PRESET_STEPS[args.preset].get(family, PRESET_STEPS[args.preset]["default"])
-                    flags += ENV_FLAGS[family] + ["--total-timesteps", str(args.total_timesteps or steps)]
+                    flags += ENV_FLAGS[family] + ALGO_ENV_FLAGS.get(algo, {}).get(family, []) + ["--total-timesteps", str(args.total_timesteps or steps)]
                 elif args.total_timesteps:
                     flags += ["--total-timesteps", str(args.total_timesteps)]
                 run_dir = os.path.join(root, env_id, algo, f"s{seed}")

@@ -251,13 +251,14 @@ def worst_action(q_net, obs, start, low, high, steps=50, maximise=False):
     size (high - low) / steps from `start`, projected onto the box; grad_a Q by hand as in attacks.mlp_input_grad."""
     first, hidden, last = q_net[0], q_net[2], q_net[4]
     with torch.no_grad():
-        pre, w_act = torch.addmm(first.bias, obs, first.weight[:, : obs.shape[1]].t()), first.weight[:, obs.shape[1] :]
+        pre = torch.addmm(first.bias, obs, first.weight[:, : obs.shape[1]].t())  # the state's share, fixed during the search
+        w_act, w_hid, w_out = first.weight[:, obs.shape[1] :], hidden.weight, last.weight.expand(len(obs), -1)
         step, a = (high - low) / steps * (1.0 if maximise else -1.0), start
         for _ in range(steps):
-            h1 = torch.tanh(torch.addmm(pre, a, w_act.t()))
-            h2 = torch.tanh(torch.addmm(hidden.bias, h1, hidden.weight.t()))
-            g = torch.ops.aten.tanh_backward(last.weight.expand_as(h2), h2) @ hidden.weight  # dQ/dh1
-            a = torch.clamp(torch.addcmul(a, step, (torch.ops.aten.tanh_backward(g, h1) @ w_act).sign()), low, high)
+            h1 = torch.tanh(torch.addmm(pre, a, w_act.T))
+            h2 = torch.tanh(torch.addmm(hidden.bias, h1, w_hid.T))
+            g = torch.ops.aten.tanh_backward(torch.ops.aten.tanh_backward(w_out, h2) @ w_hid, h1) @ w_act  # dQ/da
+            a = torch.clamp(torch.addcmul(a, step, g.sign()), low, high)
     return a
 
 
