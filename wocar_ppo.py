@@ -135,7 +135,7 @@ class Args:
 
     # WocaR: the worst-attack Q network, the worst-case-aware advantage and SA-PPO's regulariser
     q_weight: Optional[float] = None
-    """final weight kappa_w of the normalised worst-attack Q in the advantage (default per env: 0.8, HalfCheetah 0.5)"""
+    """scale of kappa_w, the weight of the normalised worst-attack Q in the advantage (default per env: 0.8, HalfCheetah 0.5)"""
     q_weight_schedule: Optional[str] = None
     """kappa_w over the updates: linear, exp, constant, stage or stage-linear (default per env: linear, Walker2d exp)"""
     q_lr: Optional[float] = None
@@ -253,10 +253,11 @@ def worst_action(q_net, obs, start, low, high, steps=50, maximise=False):
     with torch.no_grad():
         pre = torch.addmm(first.bias, obs, first.weight[:, : obs.shape[1]].t())  # the state's share, fixed during the search
         w_act, w_hid, w_out = first.weight[:, obs.shape[1] :], hidden.weight, last.weight.expand(len(obs), -1)
+        w_act_t, w_hid_t = w_act.T, w_hid.T
         step, a = (high - low) / steps * (1.0 if maximise else -1.0), start
         for _ in range(steps):
-            h1 = torch.tanh(torch.addmm(pre, a, w_act.T))
-            h2 = torch.tanh(torch.addmm(hidden.bias, h1, w_hid.T))
+            h1 = torch.tanh(torch.addmm(pre, a, w_act_t))
+            h2 = torch.tanh(torch.addmm(hidden.bias, h1, w_hid_t))
             g = torch.ops.aten.tanh_backward(torch.ops.aten.tanh_backward(w_out, h2) @ w_hid, h1) @ w_act  # dQ/da
             a = torch.clamp(torch.addcmul(a, step, g.sign()), low, high)
     return a
@@ -406,8 +407,7 @@ if __name__ == "__main__":
         fused=True,  # one kernel for all parameters: ~20% faster updates on CPU, same algorithm
     )
     initial_lrs = [args.learning_rate, value_lr]
-    # WocaR: the worst-attack action value Q_phi(s, a), critic-shaped on concat(s, a), and its target Q_phi-, drawn in a
-    # forked generator so that the policy's initial weights and actions stay spo_ppo.py's
+    # WocaR: the worst-attack Q_phi(s, a), critic-shaped on concat(s, a), and its target; a forked generator keeps spo_ppo.py's stream
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         q_net = nn.Sequential(layer_init(nn.Linear(obs_dim + act_dim, args.hidden_size)), nn.Tanh(), layer_init(nn.Linear(args.hidden_size, args.hidden_size)),
@@ -535,7 +535,8 @@ if __name__ == "__main__":
                 box = [torch.as_tensor(b) for b in (envs.envs[0].unwrapped.action_space.low, envs.envs[0].unwrapped.action_space.high)]
                 mu = torch.clamp(agent.actor_mean(b_obs), *box)
                 q_max, q_min = (q_target(torch.cat([b_obs, worst_action(q_target, b_obs, mu, *box, args.wq_steps, maximise=m)], 1)).view(-1) for m in (True, False))
-                b_importance = (q_max - q_min) / ((q_max - q_min).mean() + 1e-8)
+                spread = torch.clamp(q_max - q_min, min=0)  # both searches are local: they could, rarely, cross
+                b_importance = spread / (spread.mean() + 1e-8)
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
