@@ -3,19 +3,22 @@ evaluation), then aggregate the evaluation JSONs into docs/results.md with plots
 
     python benchmark.py run --preset quick --envs Hopper-v5 Walker2d-v5 --seeds 1 2 3
     python benchmark.py run --preset paper --emit slurm          # writes runs/sweep/sweep.slurm, runs nothing
-    python benchmark.py aggregate                                # docs/results.md + docs/figures/*.png
+    python benchmark.py aggregate --root results/quick           # docs/results.md + docs/figures/*.png
 
 Each run is an independent process (`--workers N`, default: number of cores, one torch thread each):
     <script> --env-id E --seed S <preset flags> --run-dir runs/sweep/E/<algo>/s<S> --save-every K --resume
-    evaluate.py runs/sweep/E/<algo>/s<S>/agent.pt --attacks <attacks> --output .../eval.json
-A run whose eval.json exists is skipped; a killed run restarts from its last periodic checkpoint (losing at
-most --save-every iterations). `--emit slurm` writes a SLURM array script whose task i runs job i of the
+    (export: results/<preset>/E/<algo>/s<S>/ gets agent.pt without optimiser, curve.csv, the code's commits)
+    evaluate.py results/<preset>/E/<algo>/s<S>/agent.pt --attacks all [--train-learned] --output .../eval.json
+A run whose eval.json is complete (with sarl and paad unless --no-learned) is skipped; an exported run is never
+retrained; a killed run restarts from its last periodic checkpoint (losing at most --save-every iterations).
+`--emit slurm` writes a SLURM array script whose task i runs job i of the
 same sweep (`benchmark.py run ... --only-index i`), so a cluster runs exactly the same thing, resumably.
 
 Algorithms (the paper's four configurations plus PPO):
     spo       spo_ppo.py                      arpo      arpo_ppo.py (kappa 0)
     arpo_k1   arpo_ppo.py --kappa 1           barpo_k0  barpo_ppo.py --kappa 0 ("w/o guidance")
     barpo_k1  barpo_ppo.py --kappa 1 (BARPO)
+    wocar     wocar_ppo.py (WocaR-PPO, the authors' per-env settings)
 Presets carry the per-env learning rates of the robust-RL literature (docs/design.md §7): `paper` = 2M steps
 (Ant 10M) and Robust Sarsa's grid of 6 Q models in the evaluation, `quick` = 500k steps (Ant 2M) and one
 Q model, same learning rates.
@@ -43,6 +46,7 @@ ALGOS = {
     "arpo_k1": ("arpo_ppo.py", ["--kappa", "1"]),
     "barpo_k0": ("barpo_ppo.py", ["--kappa", "0"]),
     "barpo_k1": ("barpo_ppo.py", ["--kappa", "1"]),
+    "wocar": ("wocar_ppo.py", []),
 }
 # per-env flags of the robust-RL literature: policy / value learning rates, HalfCheetah's entropy and initial std
 ENV_FLAGS = {
@@ -50,6 +54,16 @@ ENV_FLAGS = {
     "Walker2d": ["--learning-rate", "4e-4", "--value-learning-rate", "3e-4"],
     "HalfCheetah": ["--learning-rate", "1e-4", "--value-learning-rate", "1e-3", "--ent-coef", "1e-4", "--init-logstd", "-0.6931"],
     "Ant": ["--learning-rate", "5e-5", "--value-learning-rate", "1e-5"],
+}
+# per-env flags of one algorithm, after ENV_FLAGS: WocaR-PPO's settings in the authors' configs (umd-huang-lab/WocaR-RL
+# at 2856174, WocaR-PPO/src/config_*_robust_q_ppo*.json): radius, SGLD weight, final worst-case weight, its schedule, Q's rate
+ALGO_ENV_FLAGS = {
+    "wocar": {
+        "Hopper": ["--epsilon", "0.075", "--kappa", "0.1", "--q-weight", "0.8", "--q-weight-schedule", "linear", "--q-lr", "4e-4"],
+        "Walker2d": ["--epsilon", "0.05", "--kappa", "0.1", "--q-weight", "0.8", "--q-weight-schedule", "exp", "--q-lr", "4e-4"],
+        "HalfCheetah": ["--epsilon", "0.15", "--kappa", "0.1", "--q-weight", "0.5", "--q-weight-schedule", "linear", "--q-lr", "4e-4"],
+        "Ant": ["--epsilon", "0.15", "--kappa", "0.003", "--q-weight", "0.8", "--q-weight-schedule", "linear", "--q-lr", "3e-5"],
+    },
 }
 PRESET_STEPS = {
     "paper": {"Ant": 10_000_000, "default": 2_000_000},
@@ -66,7 +80,7 @@ class Run:
     """Run (or emit) the sweep."""
 
     algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
-    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1)"""
+    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, wocar)"""
     envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
     """environment ids"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
@@ -135,7 +149,7 @@ def jobs_of(args):
                 flags = ["--env-id", env_id, "--seed", str(seed)] + algo_flags
                 if args.preset != "none":
                     steps = PRESET_STEPS[args.preset].get(family, PRESET_STEPS[args.preset]["default"])
-                    flags += ENV_FLAGS[family] + ["--total-timesteps", str(args.total_timesteps or steps)]
+                    flags += ENV_FLAGS[family] + ALGO_ENV_FLAGS.get(algo, {}).get(family, []) + ["--total-timesteps", str(args.total_timesteps or steps)]
                 elif args.total_timesteps:
                     flags += ["--total-timesteps", str(args.total_timesteps)]
                 run_dir = os.path.join(root, env_id, algo, f"s{seed}")
@@ -170,7 +184,8 @@ def export_run(run_dir, out_dir):
     ckpt = torch.load(os.path.join(run_dir, "agent.pt"), map_location="cpu", weights_only=True)
     if ckpt["iteration"] < ckpt["args"]["num_iterations"]:
         raise RuntimeError(f"{run_dir}/agent.pt stopped at iteration {ckpt['iteration']} of {ckpt['args']['num_iterations']}")
-    del ckpt["optimizer"]
+    for key in [k for k in ckpt if "optimizer" in k]:  # optimiser state (WocaR has two) is for resuming only
+        del ckpt[key]
     with open(os.path.join(run_dir, "commits.txt")) as f:
         ckpt["commits"] = list(dict.fromkeys(line.strip() for line in f if line.strip()))  # one per (re)start, in order
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
