@@ -12,10 +12,11 @@ A run whose eval.json exists is skipped; a killed run restarts from its last per
 most --save-every iterations). `--emit slurm` writes a SLURM array script whose task i runs job i of the
 same sweep (`benchmark.py run ... --only-index i`), so a cluster runs exactly the same thing, resumably.
 
-Algorithms (the paper's four configurations plus PPO):
+Algorithms (the paper's four configurations, PPO and the robust baselines):
     spo       spo_ppo.py                      arpo      arpo_ppo.py (kappa 0)
     arpo_k1   arpo_ppo.py --kappa 1           barpo_k0  barpo_ppo.py --kappa 0 ("w/o guidance")
     barpo_k1  barpo_ppo.py --kappa 1 (BARPO)
+    sappo     sappo_ppo.py (SGLD)             sappo_convex  sappo_ppo.py --method convex (IBP)
 Presets carry the per-env learning rates of the robust-RL literature (SPEC.md §3): `paper` = 2M steps
 (Ant 10M) and Robust Sarsa's grid of 6 Q models in the evaluation, `quick` = 500k steps (Ant 2M) and one
 Q model, same learning rates.
@@ -42,6 +43,8 @@ ALGOS = {
     "arpo_k1": ("arpo_ppo.py", ["--kappa", "1"]),
     "barpo_k0": ("barpo_ppo.py", ["--kappa", "0"]),
     "barpo_k1": ("barpo_ppo.py", ["--kappa", "1"]),
+    "sappo": ("sappo_ppo.py", ["--method", "sgld"]),
+    "sappo_convex": ("sappo_ppo.py", ["--method", "convex"]),
 }
 # per-env flags of the robust-RL literature: policy / value learning rates, HalfCheetah's entropy and initial std
 ENV_FLAGS = {
@@ -49,6 +52,13 @@ ENV_FLAGS = {
     "Walker2d": ["--learning-rate", "4e-4", "--value-learning-rate", "3e-4"],
     "HalfCheetah": ["--learning-rate", "1e-4", "--value-learning-rate", "1e-3", "--ent-coef", "1e-4", "--init-logstd", "-0.6931"],
     "Ant": ["--learning-rate", "5e-5", "--value-learning-rate", "1e-5"],
+}
+# per-env flags of one algorithm, added to ENV_FLAGS by the presets: its authors' settings (sources in the script's docstring)
+ALGO_ENV_FLAGS = {
+    "sappo": {"Hopper": ["--epsilon", "0.075", "--kappa", "1.0"], "Walker2d": ["--epsilon", "0.05", "--kappa", "0.1"],
+              "HalfCheetah": ["--epsilon", "0.15", "--kappa", "0.1"], "Ant": ["--epsilon", "0.15", "--kappa", "0.003"]},
+    "sappo_convex": {"Hopper": ["--epsilon", "0.075", "--kappa", "0.1"], "Walker2d": ["--epsilon", "0.05", "--kappa", "0.1"],
+                     "HalfCheetah": ["--epsilon", "0.15", "--kappa", "0.1"], "Ant": ["--epsilon", "0.15", "--kappa", "0.003"]},
 }
 PRESET_STEPS = {
     "paper": {"Ant": 10_000_000, "default": 2_000_000},
@@ -65,7 +75,7 @@ class Run:
     """Run (or emit) the sweep."""
 
     algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
-    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1)"""
+    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex)"""
     envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
     """environment ids"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
@@ -132,7 +142,8 @@ def jobs_of(args):
                 flags = ["--env-id", env_id, "--seed", str(seed)] + algo_flags
                 if args.preset != "none":
                     steps = PRESET_STEPS[args.preset].get(family, PRESET_STEPS[args.preset]["default"])
-                    flags += ENV_FLAGS[family] + ["--total-timesteps", str(args.total_timesteps or steps)]
+                    flags += ENV_FLAGS[family] + ALGO_ENV_FLAGS.get(algo, {}).get(family, [])
+                    flags += ["--total-timesteps", str(args.total_timesteps or steps)]
                 elif args.total_timesteps:
                     flags += ["--total-timesteps", str(args.total_timesteps)]
                 run_dir = os.path.join(root, env_id, algo, f"s{seed}")
