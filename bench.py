@@ -1,4 +1,4 @@
-"""Throughput benchmark: training SPS of the three scripts, a plain CleanRL-semantics loop for comparison,
+"""Throughput benchmark: training SPS of the training scripts, a plain CleanRL-semantics loop for comparison,
 and the evaluation time of each attack. Run it on an otherwise idle machine; it prints a markdown report
 and writes it into docs/benchmarks.md, replacing only its own marked section (the prose around it stays).
 
@@ -155,7 +155,7 @@ if __name__ == "__main__":
     base = cleanrl_baseline(args.env_id, args.total_timesteps)
     print(f"  cleanrl-semantics baseline  {base:7.0f} SPS", flush=True)
     sps = {}
-    for script in ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py"]:
+    for script in ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py"]:
         sps[script] = script_sps(script, args.env_id, args.total_timesteps)
         print(f"  {script:27s} {sps[script]:7.0f} SPS", flush=True)
     lines += [f"### Training ({args.env_id}, {args.total_timesteps} steps each)", "",
