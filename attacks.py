@@ -99,7 +99,7 @@ def critic(agent, obs, eps, steps=10, step_size=None, generator=None, **_):
 
 
 def mad(agent, obs, eps, steps=10, step_size=None, beta=1e-5, normalize_sigma=False, generator=None, **_):
-    """KL-SGLD (SPEC §4): sign-gradient Langevin ascent on KL(pi(.|s) || pi(.|s')).
+    """KL-SGLD (SA-PPO's solver; docs/design.md §3): sign-gradient Langevin ascent on KL(pi(.|s) || pi(.|s')).
 
     For a Gaussian policy with state-independent std sigma the KL is sum_j (mu(s')_j - mu(s)_j)^2 / (2 sigma_j^2),
     so we ascend g = grad_{s'} sum_j ((mu(s')_j - mu(s)_j) / sigma_j)^2 (= 2 KL). Its gradient vanishes at s' = s,

@@ -34,6 +34,7 @@ from benchmark import write_section
 from spo_ppo import Agent, make_env, print_mujoco_warning
 
 REPO = os.path.dirname(os.path.abspath(__file__))
+TRAINING_SCRIPTS = ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py", "radial_ppo.py", "wocar_ppo.py"]
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Args:
     """environment of the training benchmark"""
     total_timesteps: int = 8192
     """steps per training script (multiple of 2048: whole PPO iterations)"""
+    repeats: int = 1
+    """runs of each training script, interleaved (spo, arpo, ..., spo, arpo, ...); the median SPS is reported"""
     checkpoint: Optional[str] = None
     """if given, also time clean and attacked 50-episode evaluations of this checkpoint"""
     output: str = "docs/benchmarks.md"
@@ -146,19 +149,24 @@ if __name__ == "__main__":
     mujoco.set_mju_user_warning(print_mujoco_warning)
     if args.total_timesteps < 2048 or args.total_timesteps % 2048:
         raise SystemExit("error: --total-timesteps must be a positive multiple of 2048 (whole PPO iterations)")
+    if args.repeats < 1:
+        raise SystemExit(f"error: --repeats must be >= 1, got {args.repeats}")
     torch.set_num_threads(1)
     lines = [f"## Measured by bench.py", "", f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
              f"{os.cpu_count()} cores, torch {torch.__version__}, one torch thread, one job at a time. Command: "
-             f"`python bench.py --total-timesteps {args.total_timesteps}" + (f" --checkpoint {args.checkpoint}`" if args.checkpoint else "`"), ""]
+             f"`python bench.py --total-timesteps {args.total_timesteps} --repeats {args.repeats}" + (f" --checkpoint {args.checkpoint}`" if args.checkpoint else "`"), ""]
 
     print(f"training benchmark: {args.total_timesteps} steps on {args.env_id} per script", flush=True)
     base = cleanrl_baseline(args.env_id, args.total_timesteps)
     print(f"  cleanrl-semantics baseline  {base:7.0f} SPS", flush=True)
-    sps = {}
-    for script in ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py"]:
-        sps[script] = script_sps(script, args.env_id, args.total_timesteps)
-        print(f"  {script:27s} {sps[script]:7.0f} SPS", flush=True)
-    lines += [f"### Training ({args.env_id}, {args.total_timesteps} steps each)", "",
+    scripts = [s for s in TRAINING_SCRIPTS if os.path.exists(os.path.join(REPO, s))]
+    runs = {s: [] for s in scripts}
+    for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every script alike
+        for script in scripts:
+            runs[script].append(script_sps(script, args.env_id, args.total_timesteps))
+            print(f"  {script:27s} {runs[script][-1]:7.0f} SPS", flush=True)
+    sps = {s: float(np.median(v)) for s, v in runs.items()}
+    lines += [f"### Training ({args.env_id}, {args.total_timesteps} steps each, median of {args.repeats} run(s))", "",
               "| script | SPS | wall time vs spo_ppo.py | speed vs CleanRL-semantics loop |", "|---|---|---|---|",
               f"| CleanRL-semantics loop (in bench.py) | {base:.0f} | {sps['spo_ppo.py'] / base:.2f}× | 1.00× |"]
     lines += [f"| `{s}` | {v:.0f} | {sps['spo_ppo.py'] / v:.2f}× | {v / base:.2f}× |" for s, v in sps.items()]

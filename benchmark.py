@@ -3,13 +3,15 @@ evaluation), then aggregate the evaluation JSONs into docs/results.md with plots
 
     python benchmark.py run --preset quick --envs Hopper-v5 Walker2d-v5 --seeds 1 2 3
     python benchmark.py run --preset paper --emit slurm          # writes runs/sweep/sweep.slurm, runs nothing
-    python benchmark.py aggregate                                # docs/results.md + docs/figures/*.png
+    python benchmark.py aggregate --root results/quick           # docs/results.md + docs/figures/*.png
 
 Each run is an independent process (`--workers N`, default: number of cores, one torch thread each):
     <script> --env-id E --seed S <preset flags> --run-dir runs/sweep/E/<algo>/s<S> --save-every K --resume
-    evaluate.py runs/sweep/E/<algo>/s<S>/agent.pt --attacks <attacks> --output .../eval.json
-A run whose eval.json exists is skipped; a killed run restarts from its last periodic checkpoint (losing at
-most --save-every iterations). `--emit slurm` writes a SLURM array script whose task i runs job i of the
+    (export: results/<preset>/E/<algo>/s<S>/ gets agent.pt without optimiser, curve.csv, the code's commits)
+    evaluate.py results/<preset>/E/<algo>/s<S>/agent.pt --attacks all [--train-learned] --output .../eval.json
+A run whose eval.json is complete (with sarl and paad unless --no-learned) is skipped; an exported run is never
+retrained; a killed run restarts from its last periodic checkpoint (losing at most --save-every iterations).
+`--emit slurm` writes a SLURM array script whose task i runs job i of the
 same sweep (`benchmark.py run ... --only-index i`), so a cluster runs exactly the same thing, resumably.
 
 Algorithms (the paper's four configurations, PPO and the robust baselines):
@@ -17,7 +19,8 @@ Algorithms (the paper's four configurations, PPO and the robust baselines):
     arpo_k1   arpo_ppo.py --kappa 1           barpo_k0  barpo_ppo.py --kappa 0 ("w/o guidance")
     barpo_k1  barpo_ppo.py --kappa 1 (BARPO)
     sappo     sappo_ppo.py (SGLD)             sappo_convex  sappo_ppo.py --method convex (IBP)
-Presets carry the per-env learning rates of the robust-RL literature (SPEC.md §3): `paper` = 2M steps
+    wocar     wocar_ppo.py (WocaR-PPO, the authors' per-env settings)
+Presets carry the per-env learning rates of the robust-RL literature (docs/design.md §7): `paper` = 2M steps
 (Ant 10M) and Robust Sarsa's grid of 6 Q models in the evaluation, `quick` = 500k steps (Ant 2M) and one
 Q model, same learning rates.
 """
@@ -28,6 +31,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional
@@ -45,6 +49,7 @@ ALGOS = {
     "barpo_k1": ("barpo_ppo.py", ["--kappa", "1"]),
     "sappo": ("sappo_ppo.py", ["--method", "sgld"]),
     "sappo_convex": ("sappo_ppo.py", ["--method", "convex"]),
+    "wocar": ("wocar_ppo.py", []),
 }
 # per-env flags of the robust-RL literature: policy / value learning rates, HalfCheetah's entropy and initial std
 ENV_FLAGS = {
@@ -53,18 +58,27 @@ ENV_FLAGS = {
     "HalfCheetah": ["--learning-rate", "1e-4", "--value-learning-rate", "1e-3", "--ent-coef", "1e-4", "--init-logstd", "-0.6931"],
     "Ant": ["--learning-rate", "5e-5", "--value-learning-rate", "1e-5"],
 }
-# per-env flags of one algorithm, added to ENV_FLAGS by the presets: its authors' settings (sources in the script's docstring)
+# per-env flags of one algorithm, after ENV_FLAGS: the authors' settings. SA-PPO (radius, regulariser weight per method):
+# huanzhang12/SA_PPO at 7f5193e and ATLA_robust_RL at dfdf8f5, src/config_*_{robust_ppo,sappo}_{sgld,convex}.json (Ant SGLD:
+# ours, see sappo_ppo.py). WocaR-PPO (umd-huang-lab/WocaR-RL at 2856174, WocaR-PPO/src/config_*_robust_q_ppo*.json):
+# radius, SGLD weight, final worst-case weight, its schedule, Q's rate
 ALGO_ENV_FLAGS = {
     "sappo": {"Hopper": ["--epsilon", "0.075", "--kappa", "1.0"], "Walker2d": ["--epsilon", "0.05", "--kappa", "0.1"],
               "HalfCheetah": ["--epsilon", "0.15", "--kappa", "0.1"], "Ant": ["--epsilon", "0.15", "--kappa", "0.003"]},
     "sappo_convex": {"Hopper": ["--epsilon", "0.075", "--kappa", "0.1"], "Walker2d": ["--epsilon", "0.05", "--kappa", "0.1"],
                      "HalfCheetah": ["--epsilon", "0.15", "--kappa", "0.1"], "Ant": ["--epsilon", "0.15", "--kappa", "0.003"]},
+    "wocar": {
+        "Hopper": ["--epsilon", "0.075", "--kappa", "0.1", "--q-weight", "0.8", "--q-weight-schedule", "linear", "--q-lr", "4e-4"],
+        "Walker2d": ["--epsilon", "0.05", "--kappa", "0.1", "--q-weight", "0.8", "--q-weight-schedule", "exp", "--q-lr", "4e-4"],
+        "HalfCheetah": ["--epsilon", "0.15", "--kappa", "0.1", "--q-weight", "0.5", "--q-weight-schedule", "linear", "--q-lr", "4e-4"],
+        "Ant": ["--epsilon", "0.15", "--kappa", "0.003", "--q-weight", "0.8", "--q-weight-schedule", "linear", "--q-lr", "3e-5"],
+    },
 }
 PRESET_STEPS = {
     "paper": {"Ant": 10_000_000, "default": 2_000_000},
     "quick": {"Ant": 2_000_000, "default": 500_000},
 }
-# SPEC.md §7: the paper's BAR-PPO (natural / worst case), median of 17 agents, 2M steps, gym -v2
+# Li et al. (ICLR 2026): BAR-PPO's natural / worst case, median of 17 agents, 2M steps, gym -v2 (docs/design.md §9)
 PAPER_BARPO = {"Hopper": (3684, 1340), "Walker2d": (4732, 2699), "HalfCheetah": (4837, 3181), "Ant": (5024, 2825)}
 # and BARPO without guidance relative to ARPO, in % (natural, worst case)
 PAPER_K0_VS_ARPO = {"Hopper": (75, 4), "Walker2d": (104, 173), "HalfCheetah": (156, 209), "Ant": (113, 61)}
@@ -75,7 +89,7 @@ class Run:
     """Run (or emit) the sweep."""
 
     algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
-    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex)"""
+    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex, wocar)"""
     envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
     """environment ids"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
@@ -120,6 +134,8 @@ class Aggregate:
     """heading of this root's section (default: the root)"""
     figures: str = "docs/figures"
     """where the PNG plots go"""
+    bootstrap_reps: int = 2000
+    """bootstrap resamples of each confidence interval (rliable's default, 50000, takes minutes here)"""
 
 
 def env_family(env_id):
@@ -142,8 +158,7 @@ def jobs_of(args):
                 flags = ["--env-id", env_id, "--seed", str(seed)] + algo_flags
                 if args.preset != "none":
                     steps = PRESET_STEPS[args.preset].get(family, PRESET_STEPS[args.preset]["default"])
-                    flags += ENV_FLAGS[family] + ALGO_ENV_FLAGS.get(algo, {}).get(family, [])
-                    flags += ["--total-timesteps", str(args.total_timesteps or steps)]
+                    flags += ENV_FLAGS[family] + ALGO_ENV_FLAGS.get(algo, {}).get(family, []) + ["--total-timesteps", str(args.total_timesteps or steps)]
                 elif args.total_timesteps:
                     flags += ["--total-timesteps", str(args.total_timesteps)]
                 run_dir = os.path.join(root, env_id, algo, f"s{seed}")
@@ -178,7 +193,8 @@ def export_run(run_dir, out_dir):
     ckpt = torch.load(os.path.join(run_dir, "agent.pt"), map_location="cpu", weights_only=True)
     if ckpt["iteration"] < ckpt["args"]["num_iterations"]:
         raise RuntimeError(f"{run_dir}/agent.pt stopped at iteration {ckpt['iteration']} of {ckpt['args']['num_iterations']}")
-    del ckpt["optimizer"]
+    for key in [k for k in ckpt if "optimizer" in k]:  # optimiser state (WocaR has two) is for resuming only
+        del ckpt[key]
     with open(os.path.join(run_dir, "commits.txt")) as f:
         ckpt["commits"] = list(dict.fromkeys(line.strip() for line in f if line.strip()))  # one per (re)start, in order
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
@@ -295,21 +311,68 @@ def run(args: Run):
         raise SystemExit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}")
 
 
-def iqr(values):
-    q1, med, q3 = np.percentile(values, [25, 50, 75])
-    return med, q1, q3
+def agent_problem(seed_dir):
+    """Why the agent of a results/ run cannot be evaluated again (None if it can)."""
+    path = os.path.join(seed_dir, "agent.pt")
+    if not os.path.isfile(path):
+        return "agent.pt is missing"
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        missing = {"env_id", "agent", "obs_rms"} - set(ckpt)
+    except Exception as e:  # a truncated or foreign file: say which and go on with the others
+        return f"agent.pt is unreadable ({type(e).__name__})"
+    return f"agent.pt lacks {sorted(missing)}" if missing else None
 
 
 def load_results(root):
-    """{env_id: {algo: [report, ...]}} from root/<env>/<algo>/s<seed>/eval.json."""
-    results = {}
+    """({env_id: {algo: [report, ...]}}, [runs left out, with why]) from root/<env>/<algo>/s<seed>/eval.json;
+    a run counts only if its agent can be evaluated again."""
+    results, left_out = {}, []
     for path in sorted(p for p in glob.glob(os.path.join(root, "*", "*", "s*", "eval.json")) if os.path.isfile(p)):
+        seed_dir = os.path.dirname(path)
         env_id, algo = path.split(os.sep)[-4:-2]
-        with open(path) as f:
-            report = json.load(f)
-        report["seed_dir"] = os.path.dirname(path)
+        try:
+            with open(path) as f:
+                report = json.load(f)
+            float(report["results"]["natural"]["mean"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            left_out.append(f"{seed_dir}: eval.json is unreadable ({type(e).__name__})")
+            continue
+        problem = agent_problem(seed_dir)
+        if problem:
+            left_out.append(f"{seed_dir}: {problem}")
+            continue
+        report["seed_dir"] = seed_dir
         results.setdefault(env_id, {}).setdefault(algo, []).append(report)
-    return results
+    return results, left_out
+
+
+def bootstrap(score_dict, func, reps, seed=0):
+    """rliable's stratified-bootstrap point estimate and 95 % CI of func over {name: runs (x tasks)}: {name: (point, lo, hi)}."""
+    from rliable import library as rly
+
+    with warnings.catch_warnings():  # arch's notice about RandomState; the seeded RandomState keeps the CIs reproducible
+        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+        point, ci = rly.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
+    return {k: (float(point[k][0]), float(ci[k][0][0]), float(ci[k][1][0])) for k in score_dict}
+
+
+def iqm_ci(values_by_name, reps):
+    """Interquartile mean over seeds and its 95 % stratified-bootstrap CI, per name: {name: (iqm, lo, hi)}."""
+    from rliable import metrics
+
+    scores = {k: np.asarray(v, dtype=float).reshape(-1, 1) for k, v in values_by_name.items() if len(v)}
+    return bootstrap(scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps) if scores else {}
+
+
+def probability_of_improvement(x, others, reps):
+    """P(a run of x scores higher than a run of y) and its 95 % CI for each y in others (rliable; Mann-Whitney)."""
+    from rliable import metrics
+
+    pairs = {k: (np.reshape(x, (-1, 1)).astype(float), np.reshape(y, (-1, 1)).astype(float)) for k, y in others.items() if len(y)}
+    return bootstrap(pairs, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps) if pairs and len(x) else {}
 
 
 def learning_curves(run_dirs, grid_points=50):
@@ -351,41 +414,79 @@ def write_section(path, key, text, new_file_head=""):
 
 
 def aggregate(args: Aggregate):
-    results = load_results(args.root)
+    results, left_out = load_results(args.root)
+    for line in left_out:
+        print(f"left out {line}", file=sys.stderr)
     if not results:
-        raise SystemExit(f"error: no eval.json under {args.root}/<env>/<algo>/s<seed>/")
+        raise SystemExit(f"error: no evaluated run under {args.root}/<env>/<algo>/s<seed>/ (eval.json and agent.pt)")
+    if args.bootstrap_reps < 100:
+        raise SystemExit(f"error: --bootstrap-reps must be >= 100, got {args.bootstrap_reps}")
     import matplotlib
 
-    from evaluate import ATTACKS
+    from evaluate import ATTACKS, LEARNED_ATTACKS
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from rliable import library as rly, metrics, plot_utils
 
     os.makedirs(args.figures, exist_ok=True)
-    lines = [f"## {args.title or args.root}", "", f"Aggregated by `python benchmark.py aggregate --root {args.root}` from "
-             f"{sum(len(r) for e in results.values() for r in e.values())} evaluated runs. Each cell: median "
-             "[interquartile range] over seeds of the 50-episode mean return; worst case = minimum over the "
-             "attacks evaluated; robustness = (worst − natural) / natural.", ""]
-    for env_id, by_algo in results.items():
+    name = os.path.basename(os.path.normpath(args.root))
+    n_runs = sum(len(r) for e in results.values() for r in e.values())
+    lines = [f"## {args.title or args.root}", "",
+             f"Aggregated by `python benchmark.py aggregate --root {args.root}` from {n_runs} evaluated runs"
+             + (f" ({len(left_out)} left out: " + "; ".join(left_out) + ")" if left_out else "") + ". "
+             "Each run's score is the mean return of 50 deterministic episodes. Cells: interquartile mean (IQM) over "
+             f"seeds [95 % stratified-bootstrap confidence interval, {args.bootstrap_reps} resamples] (rliable; with fewer "
+             "than 4 seeds the IQM is the plain mean); attack columns: IQM alone. Worst case = minimum over the attacks "
+             "evaluated; robustness = (worst − natural) / natural.", ""]
+    profiles_fig, profile_axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
+    for panel, (env_id, by_algo) in enumerate(results.items()):
         seen = {a for reps in by_algo.values() for r in reps for a in r["results"] if a != "natural"}
         attacks = [a for a in ATTACKS if a in seen] + sorted(seen - set(ATTACKS))  # evaluate.py's order
         by_algo = dict(sorted(by_algo.items(), key=lambda kv: list(ALGOS).index(kv[0]) if kv[0] in ALGOS else len(ALGOS)))
         eps = sorted({r["epsilon"] for reps in by_algo.values() for r in reps})
         steps = sorted({r["global_step"] for reps in by_algo.values() for r in reps if r.get("global_step")})
+        natural = {a: [r["results"]["natural"]["mean"] for r in reps] for a, reps in by_algo.items()}
+        worst = {a: [r["worst_case"] for r in reps if r.get("worst_case") is not None] for a, reps in by_algo.items()}
+        nat_ci, worst_ci = iqm_ci(natural, args.bootstrap_reps), iqm_ci(worst, args.bootstrap_reps)
+
+        def cell(estimate, fmt="{:.0f}"):
+            return f"{fmt.format(estimate[0])} [{fmt.format(estimate[1])}, {fmt.format(estimate[2])}]" if estimate else "–"
+
+        def iqm(values, fmt="{:.0f}"):
+            return fmt.format(metrics.aggregate_iqm(np.asarray(values, dtype=float))) if values else "–"
+
         lines += [f"### {env_id} (ε = {', '.join(map(str, eps))})", "",
                   "| algorithm | seeds | natural | " + " | ".join(attacks) + " | worst case | robustness |",
                   "|---|---|---|" + "---|" * len(attacks) + "---|---|"]
         for algo, reps in by_algo.items():
-            def cell(values, fmt="{:.0f}"):
-                if not values:
-                    return "–"
-                med, q1, q3 = iqr(values)
-                return f"{fmt.format(med)} [{fmt.format(q1)}, {fmt.format(q3)}]"
-            row = [algo, str(len(reps)), cell([r["results"]["natural"]["mean"] for r in reps])]
-            row += [cell([r["results"][a]["mean"] for r in reps if a in r["results"]]) for a in attacks]
-            attacked = [r for r in reps if r.get("worst_case") is not None]  # runs evaluated without attacks have none
-            row += [cell([r["worst_case"] for r in attacked]), cell([100 * r["robustness"] for r in attacked], "{:+.0f}%")]
+            row = [algo, str(len(reps)), cell(nat_ci.get(algo))]
+            row += [iqm([r["results"][a]["mean"] for r in reps if a in r["results"]]) for a in attacks]
+            robustness = [100 * r["robustness"] for r in reps if r.get("worst_case") is not None]
+            row += [cell(worst_ci.get(algo)), iqm(robustness, "{:+.0f}%")]
             lines.append("| " + " | ".join(row) + " |")
+        if "barpo_k1" in worst and worst["barpo_k1"] and len(by_algo) > 1:
+            poi = probability_of_improvement(worst["barpo_k1"], {a: v for a, v in worst.items() if a != "barpo_k1"}, args.bootstrap_reps)
+            lines += ["", "Probability that a BARPO (κ = 1) run has a higher worst-case return than a run of each other "
+                      "algorithm (rliable; 0.5 = no difference; an interval that excludes 0.5 decides):", "",
+                      "| BARPO vs | P(BARPO better) [95 % CI] |", "|---|---|"]
+            lines += [f"| {a} | {cell(v, '{:.2f}')} |" for a, v in poi.items()]
+        learned = [a for a in attacks if a in LEARNED_ATTACKS]
+        if learned:  # what the learned attacks add: the worst case without them, and with them
+            def worst_over(r, names):
+                values = [r["results"][a]["mean"] for a in names if a in r["results"]]
+                return min(values) if values else None
+
+            gradient = [a for a in attacks if a not in LEARNED_ATTACKS]
+            lines += ["", f"How far the worst case falls when the learned attacks ({', '.join(learned)}) join the "
+                      f"others ({', '.join(gradient)}), over the runs evaluated with both (IQM over seeds):", "",
+                      "| algorithm | runs | worst case without | with | change |", "|---|---|---|---|---|"]
+            for algo, reps in by_algo.items():
+                both = [r for r in reps if all(a in r["results"] for a in learned) and worst_over(r, gradient) is not None]
+                if both:
+                    without = metrics.aggregate_iqm(np.array([worst_over(r, gradient) for r in both], dtype=float))
+                    with_ = metrics.aggregate_iqm(np.array([worst_over(r, attacks) for r in both], dtype=float))
+                    lines.append(f"| {algo} | {len(both)} | {without:.0f} | {with_:.0f} | {100 * (with_ - without) / abs(without):+.0f}% |")
         lines += ["", "<details><summary>per seed</summary>", "",
                   "| algorithm | seed | natural | " + " | ".join(attacks) + " | worst case |",
                   "|---|---|---|" + "---|" * len(attacks) + "---|"]
@@ -396,27 +497,19 @@ def aggregate(args: Aggregate):
                 lines.append("| " + " | ".join(row + [f"{r['worst_case']:.0f}" if r.get("worst_case") is not None else "–"]) + " |")
         lines += ["", "</details>"]
         ref = PAPER_BARPO.get(env_family(env_id))
-        if ref:  # the paper's numbers beside ours (SPEC.md §7)
-            def median_of(algo, key):  # the same medians as the main table's natural / worst case columns
-                reps = by_algo.get(algo, [])
-                if key == "natural":
-                    values = [r["results"]["natural"]["mean"] for r in reps]
-                else:
-                    values = [r["worst_case"] for r in reps if r.get("worst_case") is not None]
-                return float(np.median(values)) if values else None
+        if ref:  # the paper's numbers beside ours (docs/design.md §9)
+            def change(algo, estimates):
+                ours, base = estimates.get(algo), estimates.get("arpo")
+                return f"{100 * (ours[0] - base[0]) / abs(base[0]):+.0f}%" if ours and base and base[0] else "–"
 
-            def change(algo, key):
-                ours, base = median_of(algo, key), median_of("arpo", key)
-                return f"{100 * (ours - base) / abs(base):+.0f}%" if ours is not None and base else "–"
-
-            ours_k1 = [median_of("barpo_k1", k) for k in ("natural", "worst")]
+            ours_k1 = [e.get("barpo_k1") for e in (nat_ci, worst_ci)]
             paper_k0 = PAPER_K0_VS_ARPO[env_family(env_id)]
-            lines += ["", "| compared with the paper (gym -v2, 2M steps, median of 17 agents) | ours (median) | paper |",
+            lines += ["", "| compared with the paper (gym -v2, 2M steps, median of 17 agents) | ours (IQM) | paper |",
                       "|---|---|---|",
                       "| BARPO (κ = 1): natural / worst case | "
-                      + (" / ".join(f"{v:.0f}" for v in ours_k1) if None not in ours_k1 else "–") + f" | {ref[0]} / {ref[1]} |",
-                      f"| BARPO w/o guidance (κ = 0) vs ARPO: natural | {change('barpo_k0', 'natural')} | {paper_k0[0]:+d}% |",
-                      f"| BARPO w/o guidance (κ = 0) vs ARPO: worst case | {change('barpo_k0', 'worst')} | {paper_k0[1]:+d}% |",
+                      + (" / ".join(f"{e[0]:.0f}" for e in ours_k1) if None not in ours_k1 else "–") + f" | {ref[0]} / {ref[1]} |",
+                      f"| BARPO w/o guidance (κ = 0) vs ARPO: natural | {change('barpo_k0', nat_ci)} | {paper_k0[0]:+d}% |",
+                      f"| BARPO w/o guidance (κ = 0) vs ARPO: worst case | {change('barpo_k0', worst_ci)} | {paper_k0[1]:+d}% |",
                       "", "v5 returns are comparable in shape, not digit for digit. Our training budget: "
                       + (", ".join(f"{step:,}" for step in steps) + " steps per run." if steps else "not recorded.")]
         # plots: learning curves (median, IQR band) and natural vs worst case per seed
@@ -439,10 +532,27 @@ def aggregate(args: Aggregate):
         ax1.legend(fontsize=8)
         ax2.legend(fontsize=8)
         fig.tight_layout()
-        png = os.path.join(args.figures, f"results_{os.path.basename(os.path.normpath(args.root))}_{env_id}.png")
+        png = os.path.join(args.figures, f"results_{name}_{env_id}.png")
         fig.savefig(png, dpi=110)
         plt.close(fig)
         lines += ["", f"![{env_id}]({os.path.relpath(png, os.path.dirname(args.output) or '.')})", ""]
+        # performance profile of the worst-case returns: the fraction of runs scoring above tau, for every tau
+        scores = {a: np.asarray(v, dtype=float).reshape(-1, 1) for a, v in worst.items() if v}
+        if scores:
+            taus = np.linspace(0, 1.05 * max(float(v.max()) for v in scores.values()), 101)
+            with warnings.catch_warnings():  # as in bootstrap()
+                warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+                profiles, profile_cis = rly.create_performance_profile(scores, taus, reps=args.bootstrap_reps)
+            plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=profile_cis, ax=profile_axes[0][panel],
+                                                 xlabel="worst-case return τ", ylabel="fraction of runs > τ")
+            profile_axes[0][panel].set_title(env_id)
+            profile_axes[0][panel].legend(fontsize=8)
+    profiles_fig.tight_layout()
+    png = os.path.join(args.figures, f"results_{name}_worst_case_profiles.png")
+    profiles_fig.savefig(png, dpi=110)
+    plt.close(profiles_fig)
+    lines += [f"Performance profiles of the worst-case return (fraction of runs above each return τ, 95 % CI bands): "
+              f"![worst-case profiles]({os.path.relpath(png, os.path.dirname(args.output) or '.')})", ""]
     write_section(args.output, args.root, "\n".join(lines), new_file_head="# Results\n")
     print("\n".join(lines))
     print(f"wrote {args.output}")

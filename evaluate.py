@@ -4,7 +4,7 @@
     python evaluate.py runs/<run>/agent.pt --attacks all         # natural + every attack, worst case
     python evaluate.py runs/<run>/agent.pt --attacks mad --capture-video
 
-Protocol (SPEC §6): the victim acts with its mean action on observations normalised with the statistics
+Protocol (docs/design.md §5): the victim acts with its mean action on observations normalised with the statistics
 stored in the checkpoint (frozen, clipped to ±10, exactly as in training); an attack replaces each
 observation by a point of the l_inf ball of radius eps around it (eps in normalised units, default per
 env: Hopper 0.075, Walker2d 0.05, HalfCheetah 0.15, Ant 0.15); the environment evolves on the true state.
@@ -241,7 +241,7 @@ def train_robust_sarsa(agent, data, rs_eps, rs_reg, epochs, gamma=0.99, batch_si
 
     loss = (Q(s,a) - r - gamma (1-term) Q(s',a'))^2 + rs_reg * max_{(s~,a~) in B_rs_eps(s,a)} (Q(s~,a~) - Q(s,a))^2.
     Approximation: SA-PPO bounds the inner max with convex relaxations (auto_LiRPA); we approximate it with a
-    `pgd_steps`-step PGD from a random start. The ball covers both the state and the action input: SPEC §6
+    `pgd_steps`-step PGD from a random start. The ball covers both the state and the action input: Robust Sarsa
     asks that Q not move under perturbations of s, the literature's code regularises the action input,
     and the attack differentiates through the action, so both are smoothed."""
     torch.manual_seed(seed)

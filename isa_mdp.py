@@ -30,7 +30,7 @@ The three objectives (all exact; V is a linear solve V = (I − γ P_π)⁻¹ r_
     ARPO  : J(θ) = min_ν μ·V^{π_θ∘ν}        (strongest adversary, by enumerating all deterministic ν;
                                             checked against policy iteration on the adversary's MDP)
     BARPO : J(θ) = μ·V^{π_θ∘ν◇}  with  ν◇(s) = argmax_{s'∈B(s)} KL(π_θ(·|s) ‖ π_θ(·|s'))
-            ν◇ is held fixed when differentiating (no gradient through the argmax), as in SPEC §5.
+            ν◇ is held fixed when differentiating (no gradient through the argmax), as in barpo_ppo.py.
     --kappa κ > 0 adds SPO guidance κ·μ·V^{π_θ} to both robust objectives (κ = 0 is the pure form).
 
 The min over adversaries is piecewise smooth; its gradient is taken under the currently minimising

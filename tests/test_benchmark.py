@@ -81,38 +81,69 @@ def test_unknown_algorithm_is_one_line_error(tmp_path):
     assert_one_line_error(run_script("benchmark.py", "run", "--algos", "ppg", "--root", tmp_path, check=False), "ppg")
 
 
-def write_eval(root, env_id, algo, seed, natural, attacks):
+def write_eval(root, env_id, algo, seed, natural, attacks, agent=True):
     d = root / env_id / algo / f"s{seed}"
     d.mkdir(parents=True)
     results = {"natural": {"mean": natural}, **{k: {"mean": v} for k, v in attacks.items()}}
     worst = min(v["mean"] for k, v in results.items() if k != "natural")
     (d / "eval.json").write_text(json.dumps({"epsilon": 0.075, "results": results, "worst_case": worst,
                                              "robustness": (worst - natural) / natural}))
+    if agent:  # aggregate counts a run only if its agent could be evaluated again
+        torch.save({"env_id": env_id, "agent": {}, "obs_rms": {}}, d / "agent.pt")
+    return d
 
 
-def test_aggregate_medians_and_iqr_from_fixture_jsons(tmp_path):
+def cells(text, algo):
+    """The cells of algo's row in the main table."""
+    return next(line for line in text.splitlines() if line.startswith(f"| {algo} | ")).strip("| ").split(" | ")
+
+
+def interval(cell):
+    point, lo, hi = (float(x) for x in re.fullmatch(r"([-+\d.]+)%? \[([-+\d.]+)%?, ([-+\d.]+)%?\]", cell).groups())
+    return point, lo, hi
+
+
+def test_aggregate_iqm_with_bootstrap_intervals_from_fixture_runs(tmp_path):
     root = tmp_path / "sweep"
     for seed, (nat, mad) in enumerate([(1000, 400), (3000, 900), (2000, 100), (4000, 2000)], 1):
         write_eval(root, "Hopper-v5", "barpo_k1", seed, nat, {"mad": mad, "random": nat - 10})
     write_eval(root, "Hopper-v5", "spo", 1, 3000, {"mad": 300, "random": 2500})
+    missing = write_eval(root, "Hopper-v5", "spo", 2, 10, {"mad": 5, "random": 5}, agent=False)
+    broken = write_eval(root, "Hopper-v5", "spo", 3, 10, {"mad": 5, "random": 5}, agent=False)
+    (broken / "agent.pt").write_bytes(b"not a checkpoint")
     out = tmp_path / "results.md"
     (out).write_text("# Results\n\nhand-written intro that must survive\n")
-    run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig")
+    proc = run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
+    # runs whose agent cannot be evaluated again are named and left out; the others are aggregated
+    assert f"{missing}: agent.pt is missing" in proc.stderr and f"{broken}: agent.pt is unreadable" in proc.stderr
     text = out.read_text()
-    # natural: median of 1000, 2000, 3000, 4000 = 2500, IQR [1750, 3250]; mad: median 650 [325, 1175]
-    assert "| barpo_k1 | 4 | 2500 [1750, 3250] | 2490 [1740, 3240] | 650 [325, 1175] | 650 [325, 1175] |" in text
-    assert "| spo | 1 | 3000 [3000, 3000] | 2500 [2500, 2500] | 300 [300, 300] | 300 [300, 300] | -90% [-90%, -90%] |" in text
+    # IQM over 4 seeds is the mean of the middle two: natural 1000..4000 -> 2500, mad 100/400/900/2000 -> 650
+    row = cells(text, "barpo_k1")
+    assert row[:2] == ["barpo_k1", "4"] and row[3:5] == ["2490", "650"]
+    for cell, point, low, high in ((row[2], 2500, 1000, 4000), (row[5], 650, 100, 2000)):
+        p, lo, hi = interval(cell)
+        assert p == point and low <= lo < p < hi <= high  # a real interval, inside the range of the seeds
+    assert cells(text, "spo") == ["spo", "1", "3000 [3000, 3000]", "2500", "300", "300 [300, 300]", "-90%"]
     assert text.index("| spo |") < text.index("| barpo_k1 |")  # algorithms in the canonical order
+    p, lo, hi = interval(next(l for l in text.splitlines() if l.startswith("| spo | 0.")).split(" | ")[1].rstrip(" |"))
+    assert p == 0.75 and 0 <= lo <= p <= hi <= 1  # 3 of BARPO's 4 worst cases beat SPO's 300
     assert "hand-written intro that must survive" in text
     assert "| BARPO (κ = 1): natural / worst case | 2500 / 650 | 3684 / 1340 |" in text  # paper beside ours
     assert "| BARPO w/o guidance (κ = 0) vs ARPO: natural | – | +75% |" in text  # neither was run here
-    assert list((tmp_path / "fig").glob("*.png"))
-    # with ARPO and BARPO w/o guidance: relative medians, natural 3000 vs 2000 = +50%, worst 300 vs 600 = -50%
+    assert (tmp_path / "fig" / "results_sweep_worst_case_profiles.png").stat().st_size > 10_000
+    assert "How far the worst case falls" not in text  # no learned attack evaluated yet
+    # with ARPO and BARPO w/o guidance: relative IQMs, natural 3000 vs 2000 = +50%, worst 300 vs 600 = -50%
     for seed, (nat, mad) in enumerate([(1000, 500), (3000, 700)], 1):
         write_eval(root, "Hopper-v5", "arpo", seed, nat, {"mad": mad})
     write_eval(root, "Hopper-v5", "barpo_k0", 1, 3000, {"mad": 300})
-    run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig")
+    # learned attacks on Walker2d: worst case without them 1000 / 600 (IQM 800), with them 500 / 200 (IQM 350)
+    write_eval(root, "Walker2d-v5", "spo", 1, 3000, {"mad": 1000, "random": 2000, "sarl": 500, "paad": 800})
+    write_eval(root, "Walker2d-v5", "spo", 2, 2000, {"mad": 600, "random": 1500, "sarl": 700, "paad": 200})
+    run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
     text = out.read_text()
+    assert "| spo | 2 | 800 | 350 | -56% |" in text
+    assert cells(text.split("### Walker2d-v5")[1], "spo")[:7] == ["spo", "2", cells(text.split("### Walker2d-v5")[1], "spo")[2],
+                                                                  "1750", "800", "600", "500"]  # random, mad, sarl, paad IQMs
     assert text.count("<!-- begin") == 1  # re-running replaces its section
     assert "hand-written intro that must survive" in text
     assert "| BARPO w/o guidance (κ = 0) vs ARPO: natural | +50% | +75% |" in text

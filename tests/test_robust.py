@@ -39,7 +39,7 @@ def code_lines(script):
     return lines[[i for i, line in enumerate(lines) if '"""' in line][1] + 1 :]
 
 
-@pytest.mark.parametrize("script,tag", [("arpo_ppo.py", "# ARPO:"), ("barpo_ppo.py", "# BARPO:"), ("sappo_ppo.py", "# SA-PPO:")])
+@pytest.mark.parametrize("script,tag", [("arpo_ppo.py", "# ARPO:"), ("barpo_ppo.py", "# BARPO:"), ("sappo_ppo.py", "# SA-PPO:"), ("wocar_ppo.py", "# WocaR:")])
 def test_robust_script_is_spo_plus_tagged_lines(script, tag):
     """The alignment the README promises: a fix to spo_ppo.py that is not carried over fails here."""
     spo, robust = code_lines("spo_ppo.py"), code_lines(script)
@@ -48,6 +48,12 @@ def test_robust_script_is_spo_plus_tagged_lines(script, tag):
         '        "algo": "spo",': f'        "algo": "{algo}",',
         '        if checkpoint["algo"] != "spo" or changed:': f'        if checkpoint["algo"] != "{algo}" or changed:',
     }
+    if algo == "wocar":  # its Q networks go into the checkpoint (--resume restores them): save_checkpoint takes them as `extra`
+        for line in spo:
+            if line.startswith("def save_checkpoint("):
+                renamed[line] = line[: -len("):")] + ", extra=None):  # WocaR: extra = the Q networks"
+            elif line.lstrip().startswith("save_checkpoint("):
+                renamed[line] = line[: -len(")")] + ", q_state())"
     progress = next(line for line in spo if line.lstrip().startswith('print(f"iter '))
     policy_loss = next(line for line in spo if line.lstrip().startswith("pg_loss = clipped_surrogate("))
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=spo, b=robust, autojunk=False).get_opcodes():

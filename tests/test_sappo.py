@@ -155,12 +155,18 @@ def test_bad_flags_are_one_line_errors(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_benchmark_presets_pass_the_authors_settings(tmp_path):
-    out = run_script("benchmark.py", "run", "--algos", "sappo", "sappo_convex", "--envs", "Hopper-v5", "Ant-v5", "--seeds", "1",
+def test_benchmark_presets_pass_the_scripts_per_env_defaults(tmp_path):
+    import benchmark
+    import sappo_ppo
+
+    for algo, method in [("sappo", "sgld"), ("sappo_convex", "convex")]:
+        assert benchmark.ALGOS[algo] == ("sappo_ppo.py", ["--method", method])
+        assert set(benchmark.ALGO_ENV_FLAGS[algo]) == set(sappo_ppo.DEFAULT_EPSILON) == set(benchmark.ENV_FLAGS)
+        for family, flags in benchmark.ALGO_ENV_FLAGS[algo].items():
+            passed = {k: float(v) for k, v in zip(flags[::2], flags[1::2])}
+            assert passed == {"--epsilon": sappo_ppo.DEFAULT_EPSILON[family], "--kappa": sappo_ppo.DEFAULT_KAPPA[method][family]}, (algo, family)
+    out = run_script("benchmark.py", "run", "--algos", "sappo", "sappo_convex", "--envs", "Hopper-v5", "--seeds", "1",
                      "--root", tmp_path, "--dry-run").stdout
     train = [line for line in out.splitlines() if "sappo_ppo.py" in line]
-    assert len(train) == 4
-    expected = {("Hopper-v5", "sgld"): "--epsilon 0.075 --kappa 1.0", ("Hopper-v5", "convex"): "--epsilon 0.075 --kappa 0.1",
-                ("Ant-v5", "sgld"): "--epsilon 0.15 --kappa 0.003", ("Ant-v5", "convex"): "--epsilon 0.15 --kappa 0.003"}
-    for (env_id, method), flags in expected.items():
-        assert any(f"--env-id {env_id} " in l and f"--method {method} " in l and flags in l for l in train), (env_id, method)
+    assert len(train) == 2 and "--method sgld" in train[0] and "--kappa 1.0" in train[0] and "--kappa 0.1" in train[1]
+    assert all("--learning-rate 3e-4" in line for line in train)
