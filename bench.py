@@ -1,4 +1,4 @@
-"""Throughput benchmark: training SPS of the three scripts, a plain CleanRL-semantics loop for comparison,
+"""Throughput benchmark: training SPS of the training scripts, a plain CleanRL-semantics loop for comparison,
 and the evaluation time of each attack. Run it on an otherwise idle machine; it prints a markdown report
 and writes it into docs/benchmarks.md, replacing only its own marked section (the prose around it stays).
 

@@ -14,10 +14,11 @@ retrained; a killed run restarts from its last periodic checkpoint (losing at mo
 `--emit slurm` writes a SLURM array script whose task i runs job i of the
 same sweep (`benchmark.py run ... --only-index i`), so a cluster runs exactly the same thing, resumably.
 
-Algorithms (the paper's four configurations plus PPO):
+Algorithms (the paper's four configurations, PPO and the robust baselines):
     spo       spo_ppo.py                      arpo      arpo_ppo.py (kappa 0)
     arpo_k1   arpo_ppo.py --kappa 1           barpo_k0  barpo_ppo.py --kappa 0 ("w/o guidance")
     barpo_k1  barpo_ppo.py --kappa 1 (BARPO)
+    sappo     sappo_ppo.py (SGLD)             sappo_convex  sappo_ppo.py --method convex (IBP)
     wocar     wocar_ppo.py (WocaR-PPO, the authors' per-env settings)
 Presets carry the per-env learning rates of the robust-RL literature (docs/design.md §7): `paper` = 2M steps
 (Ant 10M) and Robust Sarsa's grid of 6 Q models in the evaluation, `quick` = 500k steps (Ant 2M) and one
@@ -46,6 +47,8 @@ ALGOS = {
     "arpo_k1": ("arpo_ppo.py", ["--kappa", "1"]),
     "barpo_k0": ("barpo_ppo.py", ["--kappa", "0"]),
     "barpo_k1": ("barpo_ppo.py", ["--kappa", "1"]),
+    "sappo": ("sappo_ppo.py", ["--method", "sgld"]),
+    "sappo_convex": ("sappo_ppo.py", ["--method", "convex"]),
     "wocar": ("wocar_ppo.py", []),
 }
 # per-env flags of the robust-RL literature: policy / value learning rates, HalfCheetah's entropy and initial std
@@ -55,9 +58,15 @@ ENV_FLAGS = {
     "HalfCheetah": ["--learning-rate", "1e-4", "--value-learning-rate", "1e-3", "--ent-coef", "1e-4", "--init-logstd", "-0.6931"],
     "Ant": ["--learning-rate", "5e-5", "--value-learning-rate", "1e-5"],
 }
-# per-env flags of one algorithm, after ENV_FLAGS: WocaR-PPO's settings in the authors' configs (umd-huang-lab/WocaR-RL
-# at 2856174, WocaR-PPO/src/config_*_robust_q_ppo*.json): radius, SGLD weight, final worst-case weight, its schedule, Q's rate
+# per-env flags of one algorithm, after ENV_FLAGS: the authors' settings. SA-PPO (radius, regulariser weight per method):
+# huanzhang12/SA_PPO at 7f5193e and ATLA_robust_RL at dfdf8f5, src/config_*_{robust_ppo,sappo}_{sgld,convex}.json (Ant SGLD:
+# ours, see sappo_ppo.py). WocaR-PPO (umd-huang-lab/WocaR-RL at 2856174, WocaR-PPO/src/config_*_robust_q_ppo*.json):
+# radius, SGLD weight, final worst-case weight, its schedule, Q's rate
 ALGO_ENV_FLAGS = {
+    "sappo": {"Hopper": ["--epsilon", "0.075", "--kappa", "1.0"], "Walker2d": ["--epsilon", "0.05", "--kappa", "0.1"],
+              "HalfCheetah": ["--epsilon", "0.15", "--kappa", "0.1"], "Ant": ["--epsilon", "0.15", "--kappa", "0.003"]},
+    "sappo_convex": {"Hopper": ["--epsilon", "0.075", "--kappa", "0.1"], "Walker2d": ["--epsilon", "0.05", "--kappa", "0.1"],
+                     "HalfCheetah": ["--epsilon", "0.15", "--kappa", "0.1"], "Ant": ["--epsilon", "0.15", "--kappa", "0.003"]},
     "wocar": {
         "Hopper": ["--epsilon", "0.075", "--kappa", "0.1", "--q-weight", "0.8", "--q-weight-schedule", "linear", "--q-lr", "4e-4"],
         "Walker2d": ["--epsilon", "0.05", "--kappa", "0.1", "--q-weight", "0.8", "--q-weight-schedule", "exp", "--q-lr", "4e-4"],
@@ -80,7 +89,7 @@ class Run:
     """Run (or emit) the sweep."""
 
     algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
-    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, wocar)"""
+    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex, wocar)"""
     envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
     """environment ids"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
