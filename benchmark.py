@@ -16,9 +16,11 @@ Algorithms (the paper's four configurations plus PPO):
     spo       spo_ppo.py                      arpo      arpo_ppo.py (kappa 0)
     arpo_k1   arpo_ppo.py --kappa 1           barpo_k0  barpo_ppo.py --kappa 0 ("w/o guidance")
     barpo_k1  barpo_ppo.py --kappa 1 (BARPO)
+and the baselines of the paper's main table:
+    radial    radial_ppo.py (RADIAL-PPO)
 Presets carry the per-env learning rates of the robust-RL literature (SPEC.md §3): `paper` = 2M steps
 (Ant 10M) and Robust Sarsa's grid of 6 Q models in the evaluation, `quick` = 500k steps (Ant 2M) and one
-Q model, same learning rates.
+Q model, same learning rates. A baseline also gets its authors' per-env settings (ALGO_ENV_FLAGS).
 """
 import glob
 import json
@@ -42,6 +44,7 @@ ALGOS = {
     "arpo_k1": ("arpo_ppo.py", ["--kappa", "1"]),
     "barpo_k0": ("barpo_ppo.py", ["--kappa", "0"]),
     "barpo_k1": ("barpo_ppo.py", ["--kappa", "1"]),
+    "radial": ("radial_ppo.py", []),
 }
 # per-env flags of the robust-RL literature: policy / value learning rates, HalfCheetah's entropy and initial std
 ENV_FLAGS = {
@@ -49,6 +52,15 @@ ENV_FLAGS = {
     "Walker2d": ["--learning-rate", "4e-4", "--value-learning-rate", "3e-4"],
     "HalfCheetah": ["--learning-rate", "1e-4", "--value-learning-rate", "1e-3", "--ent-coef", "1e-4", "--init-logstd", "-0.6931"],
     "Ant": ["--learning-rate", "5e-5", "--value-learning-rate", "1e-5"],
+}
+# per-env flags of a baseline as its authors' configs set them (sources in each script's docstring)
+ALGO_ENV_FLAGS = {
+    "radial": {  # radial_rl_v2 configs (Walker2d at their 0.075; Ant has no config: ε 0.15 and expo are our inference)
+        "Hopper": ["--epsilon", "0.075", "--eps-schedule", "smooth"],
+        "Walker2d": ["--epsilon", "0.075", "--eps-schedule", "expo"],
+        "HalfCheetah": ["--epsilon", "0.15", "--eps-schedule", "expo"],
+        "Ant": ["--epsilon", "0.15", "--eps-schedule", "expo"],
+    },
 }
 PRESET_STEPS = {
     "paper": {"Ant": 10_000_000, "default": 2_000_000},
@@ -65,7 +77,7 @@ class Run:
     """Run (or emit) the sweep."""
 
     algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
-    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1)"""
+    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, radial)"""
     envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
     """environment ids"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
@@ -132,7 +144,7 @@ def jobs_of(args):
                 flags = ["--env-id", env_id, "--seed", str(seed)] + algo_flags
                 if args.preset != "none":
                     steps = PRESET_STEPS[args.preset].get(family, PRESET_STEPS[args.preset]["default"])
-                    flags += ENV_FLAGS[family] + ["--total-timesteps", str(args.total_timesteps or steps)]
+                    flags += ENV_FLAGS[family] + ALGO_ENV_FLAGS.get(algo, {}).get(family, []) + ["--total-timesteps", str(args.total_timesteps or steps)]
                 elif args.total_timesteps:
                     flags += ["--total-timesteps", str(args.total_timesteps)]
                 run_dir = os.path.join(root, env_id, algo, f"s{seed}")
