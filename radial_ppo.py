@@ -287,16 +287,56 @@ def radial_epsilon(eps, schedule, progress, start=0.25, end=0.75, mid=0.25, powe
     return mid_value + (eps - mid_value) * (progress - mid_point) / (end - mid_point)
 
 
-# RADIAL: the highest and the lowest log-likelihood of the action over a box of means
-def loglikelihood_bounds(lower, upper, logstd, actions):
-    """(max, min) over mu in [lower, upper] of log N(actions; mu, diag(exp(logstd))^2), summed over the action
-    dimensions. Per dimension the density falls with the distance |a - mu|, which over [l, u] is smallest at
-    max(0, a - u, l - a) and largest at max(|a - u|, |a - l|). Differentiable in the box and in logstd."""
-    near = torch.clamp(torch.max(actions - upper, lower - actions), min=0)
-    far = torch.max((actions - upper).abs(), (actions - lower).abs())
-    inv_std = torch.exp(-logstd)
-    const = -logstd.sum(-1) - 0.5 * actions.shape[-1] * np.log(2 * np.pi)
-    return const - 0.5 * ((near * inv_std) ** 2).sum(-1), const - 0.5 * ((far * inv_std) ** 2).sum(-1)
+# RADIAL: the highest and the lowest log-likelihood of the action over the perturbation ball, through IBP
+class LogLikelihoodBounds(torch.autograd.Function):
+    """(log π̄, log π̲) = (max, min) of log N(a; μ', σ²) over the IBP box [L, U] ∋ μ' of the actor mean over B_eps(s).
+
+    IBP (as attacks.interval_bounds): a Linear layer maps the box with centre c and radius r to centre W c + b and
+    radius |W| r; tanh maps [c - r, c + r] to [tanh(c - r), tanh(c + r)]. With the output centre m and radius ρ,
+    per action dimension the distance |a - μ'| over the box is smallest at max(0, |a - m| - ρ) and largest at
+    |a - m| + ρ, and log N = -½ Σ_j (distance_j / σ_j)² - Σ_j log σ_j - (d/2) log 2π falls with it.
+    Called as LogLikelihoodBounds.apply(obs, actions, eps, logstd, *actor_mean.parameters()) for an actor of
+    Linear layers with tanh between them. The gradient (to logstd and the weights, not to obs) is written out
+    by hand: for 64-sample minibatches autograd's per-op overhead was most of the cost (tests/test_radial.py
+    checks it against autograd through attacks.interval_bounds)."""
+
+    @staticmethod
+    def forward(ctx, obs, actions, eps, logstd, *params):
+        weights, biases = params[0::2], params[1::2]
+        centre, radius, layer_inputs, tanh_bounds = obs, torch.full_like(obs, eps), [], []
+        for k, (weight, bias) in enumerate(zip(weights, biases)):
+            if k > 0:
+                lower, upper = torch.tanh(centre - radius), torch.tanh(centre + radius)
+                tanh_bounds.append((lower, upper))
+                centre, radius = (upper + lower) / 2, (upper - lower) / 2
+            layer_inputs.append((centre, radius))
+            centre, radius = torch.addmm(bias, centre, weight.t()), radius @ weight.abs().t()
+        diff = actions - centre
+        near, far = torch.relu(diff.abs() - radius), diff.abs() + radius
+        inv_var = torch.exp(-2 * logstd)
+        const = -logstd.sum() - 0.5 * actions.shape[-1] * np.log(2 * np.pi)
+        ctx.save_for_backward(*weights)
+        ctx.intermediates = layer_inputs, tanh_bounds, diff, near, far, inv_var
+        return const - 0.5 * (near * near * inv_var).sum(-1), const - 0.5 * (far * far * inv_var).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad_hi, grad_lo):
+        weights, (layer_inputs, tanh_bounds, diff, near, far, inv_var) = ctx.saved_tensors, ctx.intermediates
+        grad_near, grad_far = grad_hi.unsqueeze(1) * near, grad_lo.unsqueeze(1) * far
+        grad_logstd = -(grad_hi.sum() + grad_lo.sum()) + ((grad_near * near + grad_far * far) * inv_var).sum(0, keepdim=True)
+        grad_centre = (grad_near + grad_far) * inv_var * diff.sign()  # d|a - m|/dm = -sign(a - m)
+        grad_radius = (grad_near - grad_far) * inv_var
+        grads = []
+        for k in reversed(range(len(weights))):
+            (centre, radius), weight = layer_inputs[k], weights[k]
+            grads += [grad_centre.sum(0), grad_centre.t() @ centre + weight.sign() * (grad_radius.t() @ radius)]
+            if k > 0:  # through the Linear layer's input box, then through tanh at both ends of the box
+                grad_centre, grad_radius = grad_centre @ weight, grad_radius @ weight.abs()
+                lower, upper = tanh_bounds[k - 1]
+                grad_upper = torch.ops.aten.tanh_backward((grad_centre + grad_radius) / 2, upper)  # g (1 - upper^2)
+                grad_lower = torch.ops.aten.tanh_backward((grad_centre - grad_radius) / 2, lower)
+                grad_centre, grad_radius = grad_upper + grad_lower, grad_upper - grad_lower
+        return (None, None, None, grad_logstd, *reversed(grads))
 
 
 def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
@@ -527,8 +567,7 @@ if __name__ == "__main__":
                 pg_losses_clean = clipped_surrogate(newlogprob, b_logprobs[mb_inds], mb_advantages, args.clip_coef)
                 pg_loss_clean = pg_losses_clean.mean()
                 if eps_t > 0:
-                    lower, upper = attacks.interval_bounds(agent.actor_mean, mb_obs, eps_t)
-                    loglik_hi, loglik_lo = loglikelihood_bounds(lower, upper, agent.actor_logstd, b_actions[mb_inds])
+                    loglik_hi, loglik_lo = LogLikelihoodBounds.apply(mb_obs, b_actions[mb_inds], eps_t, agent.actor_logstd, *agent.actor_mean.parameters())
                     bound_adv = b_advantages[mb_inds] if args.bound_advantages == "raw" else mb_advantages
                     pg_losses_adv = torch.max(pg_losses_clean, torch.max(clipped_surrogate(loglik_hi, b_logprobs[mb_inds], bound_adv, args.clip_coef),
                                                                          clipped_surrogate(loglik_lo, b_logprobs[mb_inds], bound_adv, args.clip_coef)))
@@ -583,7 +622,9 @@ if __name__ == "__main__":
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
         # RADIAL: the last minibatch's epsilon, mean box width, and share of samples whose worst case is a bound term
-        bound_width = (upper - lower).mean().item() if eps_t > 0 else 0.0
+        with torch.no_grad():
+            lower, upper = attacks.interval_bounds(agent.actor_mean, mb_obs, eps_t)
+        bound_width = (upper - lower).mean().item()
         bound_active = (pg_losses_adv > pg_losses_clean).float().mean().item() if eps_t > 0 else 0.0
         writer.add_scalar("adversary/epsilon", eps_t, global_step)
         writer.add_scalar("adversary/bound_width", bound_width, global_step)

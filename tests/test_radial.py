@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import attacks
 from conftest import TINY, assert_one_line_error, read_scalars, run_script
-from radial_ppo import loglikelihood_bounds, radial_epsilon
+from radial_ppo import LogLikelihoodBounds, radial_epsilon
 from spo_ppo import Agent
 
 RUN = ["--total-timesteps", "256", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2", "--seed", "3"]
@@ -114,59 +114,83 @@ def random_actor_batch(seed, n=256, obs_dim=11, act_dim=3):
     return agent, obs, actions
 
 
+def loglik_bounds(agent, obs, eps, actions):
+    """What radial_ppo.py computes: log-likelihood bounds over the IBP box of the actor mean."""
+    return LogLikelihoodBounds.apply(obs, actions, eps, agent.actor_logstd, *agent.actor_mean.parameters())
+
+
+def reference_loglik_bounds(agent, obs, eps, actions):
+    """The same, spelled out in autograd: attacks.interval_bounds, then the nearest and the farthest point of
+    the box [L, U] to the action per dimension (BASELINES-style: max(0, a - U, L - a) and max(|a - U|, |a - L|))."""
+    lower, upper = attacks.interval_bounds(agent.actor_mean, obs, eps)
+    near = torch.clamp(torch.max(actions - upper, lower - actions), min=0)
+    far = torch.max((actions - upper).abs(), (actions - lower).abs())
+    std = agent.actor_logstd.exp()
+    const = -agent.actor_logstd.sum() - 0.5 * actions.shape[1] * np.log(2 * np.pi)
+    return const - 0.5 * ((near / std) ** 2).sum(1), const - 0.5 * ((far / std) ** 2).sum(1)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_loglikelihood_bounds_are_attained_on_the_box_and_contain_it(seed):
-    """Over a box of means the bounds are exact: the highest log-likelihood is at the point of the box nearest
-    to the action, the lowest at the farthest corner; every other point of the box lies between."""
-    agent, obs, actions = random_actor_batch(seed)
-    with torch.no_grad():
-        centre = agent.actor_mean(obs)
-        radius = 0.3 * torch.rand_like(centre)
-        lower, upper = centre - radius, centre + radius
-        hi, lo = loglikelihood_bounds(lower, upper, agent.actor_logstd, actions)
-        loglik = lambda mu: torch.distributions.Normal(mu, agent.actor_logstd.exp()).log_prob(actions).sum(1)
-        assert torch.allclose(hi, loglik(torch.clamp(actions, lower, upper)), atol=1e-5)
-        farthest = torch.where((actions - lower).abs() > (actions - upper).abs(), lower, upper)
-        assert torch.allclose(lo, loglik(farthest), atol=1e-5)
-        for _ in range(50):
-            corner = torch.where(torch.rand_like(centre) < 0.5, lower, upper)
-            for mu in (corner, lower + torch.rand_like(centre) * (upper - lower)):
-                assert (loglik(mu) <= hi + 1e-5).all() and (loglik(mu) >= lo - 1e-5).all()
-        # the action inside its box: the highest log-likelihood is the density's peak
-        hi_in, _ = loglikelihood_bounds(actions - 0.1, actions + 0.1, agent.actor_logstd, actions)
-        assert torch.allclose(hi_in, loglik(actions), atol=1e-5)
+    """An identity "actor" makes the IBP box exactly [s - eps, s + eps]: over it the bounds are attained, the
+    highest log-likelihood at the point nearest to the action, the lowest at the farthest corner, and every
+    other point of the box lies between."""
+    torch.manual_seed(seed)
+    n, d, eps = 256, 3, 0.3
+    centre, logstd = torch.randn(n, d), 0.5 * torch.randn(1, d)
+    actions = centre + torch.randn(n, d) * logstd.exp()
+    lower, upper = centre - eps, centre + eps
+    hi, lo = LogLikelihoodBounds.apply(centre, actions, eps, logstd, torch.eye(d), torch.zeros(d))
+    loglik = lambda mu: torch.distributions.Normal(mu, logstd.exp()).log_prob(actions).sum(1)
+    assert torch.allclose(hi, loglik(torch.clamp(actions, lower, upper)), atol=1e-5)
+    farthest = torch.where((actions - lower).abs() > (actions - upper).abs(), lower, upper)
+    assert torch.allclose(lo, loglik(farthest), atol=1e-5)
+    inside = ((actions >= lower) & (actions <= upper)).all(1)
+    assert inside.any() and (~inside).any() and torch.allclose(hi[inside], loglik(actions)[inside], atol=1e-5)  # the peak
+    for _ in range(50):
+        corner = torch.where(torch.rand_like(centre) < 0.5, lower, upper)
+        for mu in (corner, lower + torch.rand_like(centre) * (upper - lower)):
+            assert (loglik(mu) <= hi + 1e-5).all() and (loglik(mu) >= lo - 1e-5).all()
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_loglikelihood_bounds_contain_the_loglikelihood_at_sampled_points_of_the_ball(seed):
-    """What radial_ppo.py computes: IBP box of the actor mean over B_eps(s), then the log-likelihood bounds. Every
-    point s' of the ball (random points and corners) gives log pi(a|s') inside them; at eps = 0 they are exact."""
+    """Every point s' of the ball (random points, corners, and the MAD attack's point, the policy's largest
+    move) gives log pi(a|s') inside the bounds; at eps = 0 they are the clean log-likelihood."""
     agent, obs, actions = random_actor_batch(seed)
     eps = 0.1
     with torch.no_grad():
-        lower, upper = attacks.interval_bounds(agent.actor_mean, obs, eps)
-        hi, lo = loglikelihood_bounds(lower, upper, agent.actor_logstd, actions)
+        hi, lo = loglik_bounds(agent, obs, eps, actions)
         clean = agent.get_policy(obs).log_prob(actions).sum(1)
         assert (lo <= clean).all() and (clean <= hi).all()
-        exact = loglikelihood_bounds(*attacks.interval_bounds(agent.actor_mean, obs, 0.0), agent.actor_logstd, actions)
+        exact = loglik_bounds(agent, obs, 0.0, actions)
         assert torch.allclose(exact[0], clean, atol=1e-5) and torch.allclose(exact[1], clean, atol=1e-5)
-        for k in range(100):
-            noise = torch.rand_like(obs) * 2 - 1
-            x = obs + eps * (noise.sign() if k % 2 else noise)
+        points = [obs + eps * (torch.rand_like(obs) * 2 - 1) for _ in range(50)]
+        points += [obs + eps * torch.randn_like(obs).sign() for _ in range(50)] + [attacks.mad(agent, obs, eps)]
+        for x in points:
             loglik = agent.get_policy(x).log_prob(actions).sum(1)
             assert (loglik <= hi + 1e-4).all() and (loglik >= lo - 1e-4).all()
-        # the MAD attack's point (the policy's largest move) as well
-        loglik = agent.get_policy(attacks.mad(agent, obs, eps)).log_prob(actions).sum(1)
-        assert (loglik <= hi + 1e-4).all() and (loglik >= lo - 1e-4).all()
 
 
-def test_loglikelihood_bounds_gradients_reach_the_actor_and_its_std():
-    agent, obs, actions = random_actor_batch(0, n=64)
-    lower, upper = attacks.interval_bounds(agent.actor_mean, obs, 0.1)
-    hi, lo = loglikelihood_bounds(lower, upper, agent.actor_logstd, actions)
-    (hi.sum() + lo.sum()).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.actor_mean.parameters())
-    assert agent.actor_logstd.grad.abs().sum() > 0
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("eps", [0.01, 0.1])
+def test_hand_written_gradient_matches_autograd(seed, eps):
+    """LogLikelihoodBounds backpropagates by hand; values and the gradients to every actor parameter and to
+    logstd must equal autograd's through attacks.interval_bounds (for any upstream gradients), with actions
+    inside their box in some dimensions and outside in others (both cases of the nearest point)."""
+    agent, obs, _ = random_actor_batch(seed, n=64)
+    with torch.no_grad():
+        lower, upper = attacks.interval_bounds(agent.actor_mean, obs, eps)
+        actions = lower + (upper - lower) * (2 * torch.rand_like(lower) - 0.5)  # half of them outside the box
+    g_hi, g_lo = torch.randn(64), torch.randn(64)
+    params = list(agent.actor_mean.parameters()) + [agent.actor_logstd]
+    got, expected = loglik_bounds(agent, obs, eps, actions), reference_loglik_bounds(agent, obs, eps, actions)
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-4)
+    grads = torch.autograd.grad((g_hi * got[0] + g_lo * got[1]).sum(), params)
+    expected_grads = torch.autograd.grad((g_hi * expected[0] + g_lo * expected[1]).sum(), params)
+    for a, b in zip(grads, expected_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
 
 
 @pytest.mark.parametrize("flags,fragment", [
