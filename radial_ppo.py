@@ -1,66 +1,51 @@
 """RADIAL-PPO: PPO with a worst-case surrogate from interval bounds of the policy (CleanRL style, gymnasium 1.x).
 
-Oikarinen, Zhang, Megretski, Daniel, Weng, "Robust Deep Reinforcement Learning through Adversarial Loss"
-(NeurIPS 2021). Instead of searching for an adversarial observation, bound the policy over the whole l_inf
-ball: interval bound propagation (IBP) gives, for every sample, a box [L_i, U_i] that contains the actor
-mean μ_θ(s') for every s' in B_ε(s_i); from it follow the highest and lowest log-likelihood the action a_i
-can have under any perturbation, and a pessimistic PPO surrogate built from them is mixed with the clean one:
+Objective (Oikarinen et al., "Robust Deep Reinforcement Learning through Adversarial Loss", NeurIPS 2021):
+instead of searching for an adversarial observation, bound the policy over the whole ball. Interval bound
+propagation (IBP) gives a box [L_i, U_i] holding the actor mean μ_θ(s') for every s' in B_ε(s_i), hence the
+highest and lowest log-likelihood of a_i under any perturbation; a pessimistic PPO surrogate built from
+them is mixed with the clean one:
 
-    max_θ  mean_i [ κ_t · min(r_i Â_i, clip(r_i) Â_i)  +  (1 − κ_t) · m_i ]                   (per minibatch)
-    m_i = min{ r_i Â_i, clip(r_i) Â_i,  r̄_i A_i, clip(r̄_i) A_i,  r̲_i A_i, clip(r̲_i) A_i }      (six-way min)
+    max_θ  mean_i [ κ_t · min(r_i Â_i, clip(r_i) Â_i)  +  (1 − κ_t) · m_i ]                    (per minibatch)
+    m_i = min{ r_i Â_i, clip(r_i) Â_i,  r̄_i A_i, clip(r̄_i) A_i,  r̲_i A_i, clip(r̲_i) A_i }       (six-way min)
     r̄_i = π̄_i / π_old(a_i|s_i),  log π̄_i = max_{μ' ∈ [L_i, U_i]} log N(a_i; μ', σ)   (r̲_i: min instead of max)
-    [L_i, U_i] ⊇ { μ_θ(s') : ‖s' − s_i‖_∞ ≤ ε_t },    κ_t = κ (0.5) if ε_t > 0 else 1
-
-clip(r) = clamp(r, 1 ± clip_coef), Â is the advantage normalised per minibatch and A the raw GAE advantage
-(the authors' code, see below). Both log-likelihood bounds are closed form for a Gaussian with shared σ:
-per action dimension the distance from a to the box, d_near = max(0, a − U, L − a) (highest log-likelihood),
-and to its far end, d_far = max(|a − U|, |a − L|) (lowest), give log N = −½ Σ_j (d_j/σ_j)² − Σ_j log σ_j − (d/2) log 2π.
+    κ_t = κ (0.5) if ε_t > 0 else 1;  Â: advantage normalised per minibatch, A: raw GAE advantage (see below)
+Closed form: |a_j − μ'_j| over the box ranges from max(0, a_j − U_j, L_j − a_j) to max(|a_j − U_j|, |a_j − L_j|).
 
 Pseudocode, one iteration:
-    roll out num_steps with π_θ on the clean states, store (s, a, log π_old(a|s), r, done, V(s))
-    compute GAE advantages A and returns
+    roll out num_steps with π_θ on the clean states; GAE advantages A and returns
     for update_epochs: for each minibatch:
-        ε_t = schedule(fraction of all minibatch updates done)                       # RADIAL: smooth / expo
-        ℓ_i = max(−r_i Â_i, −clip(r_i)Â_i)                                          (the PPO loss per sample)
-        if ε_t > 0:                                                                  # RADIAL
-            (L, U) = IBP of μ_θ over B_ε_t(s)    (attacks.interval_bounds; differentiable in θ, and σ too)
-            ℓ̃_i = max(ℓ_i, ℓ(log π̄_i; A_i), ℓ(log π̲_i; A_i))   = −m_i: the six-way min as one max of losses
+        ε_t = schedule(fraction of all minibatch updates done)                         # RADIAL: smooth / expo
+        ℓ_i = max(−r_i Â_i, −clip(r_i) Â_i)                                          (PPO's per-sample loss)
+        if ε_t > 0:                                                                    # RADIAL
+            [L, U] = IBP of μ_θ over B_ε_t(s); log π̄, log π̲ from it  (differentiable in θ and in σ)
+            ℓ̃_i = max(ℓ_i, ℓ(log π̄_i; A_i), ℓ(log π̲_i; A_i)) = −m_i         (the six-way min as a max of losses)
             L_pg = κ · mean(ℓ) + (1 − κ) · mean(ℓ̃)
-        else: L_pg = mean(ℓ)                              (the authors' κ_t = 1: exactly spo_ppo.py's update)
-        L = L_pg − ent_coef·H + vf_coef·L_V;  one Adam step on L
+        else: L_pg = mean(ℓ)                                         (κ_t = 1: exactly spo_ppo.py's update)
+        one Adam step on L_pg − ent_coef·H + vf_coef·L_V
+Untagged lines are spo_ppo.py's: clean rollouts, old log-probs from the clean state, the critic as in SPO
+(no value bounds). Nothing here is random.
 
-Untagged lines are spo_ppo.py's: rollouts are clean, old log-probs come from the clean state, the critic
-trains as in SPO (RADIAL-PPO has no value bounds). There is no random draw here: IBP is deterministic.
-
-Source: the authors' code, tuomaso/radial_rl_v2 at commit 6490ef9: MuJoCo/src/policy_gradients/steps.py
+Source: the authors' code, tuomaso/radial_rl_v2 at 6490ef9: MuJoCo/src/policy_gradients/steps.py
 (radial_ppo_step, get_mean_bound, get_loglikelihood_bound), MuJoCo/src/policy_gradients/agent.py
-(ExpoScheduler) with auto_LiRPA's SmoothedScheduler (MuJoCo/auto_LiRPA/eps_scheduler.py), and
-MuJoCo/src/config_{hopper,walker,halfcheetah}_radial_ppo.json. Where their code and the paper's description
-differ we follow the code:
-  * the six-way elementwise min above, with the clean terms inside it (the paper: the clipped surrogate at
-    the worst-case ratio, lower bound where Â ≥ 0, upper where Â < 0; their Procgen code leaves the clean
-    terms out);
-  * pure IBP bounds of the actor mean (auto_LiRPA compute_bounds(IBP=True, method=None); the mode is called
-    "convex-relax" but the CROWN pass is commented out), not clipped to the ±10 observation box;
-  * κ = 0.5 is hard-coded (our --kappa); the configs' robust_ppo_reg (0.1) is unused (no KL term);
-  * gradients flow through the bounds into the weights and through σ (robust_ppo_detach_stdev = false).
-Quirks of their code, kept by default, each with the flag that switches it:
-  * the bound terms use the RAW advantage A while the clean terms use the normalised Â (surrogate_reward(...,
-    normalize=False)): --bound-advantages normalized uses Â in all six terms;
-  * the expo schedule starts at ε_t = 1e-10, not 0, so κ_t = 0.5 and the raw-advantage terms act from the
-    first update although the box is degenerate: --eps-schedule smooth starts at exactly 0 (clean PPO).
-Our reconstruction: the PPO around the loss is spo_ppo.py's (one Adam step on actor and critic with
-gradient-norm clipping; the authors train the value net first with its own optimiser and no clipping, for
-2000 iterations = 4.1M steps). Their scheduler counts minibatches (320 per iteration, ε changes within an
-iteration): ε_t ≈ 0 up to iteration 500 of 2000, a smooth (t⁴) or exponential ramp that turns linear a
-quarter of the way, full ε from iteration 1500. We keep both curves but as fractions of all minibatch
-updates (--eps-ramp-start 0.25, --eps-ramp-end 0.75), so they scale to any --total-timesteps.
+(ExpoScheduler), their vendored auto_LiRPA's SmoothedScheduler, MuJoCo/src/config_*_radial_ppo.json.
+Where their code and the paper differ we follow the code: the six-way min with the clean terms inside (the
+paper: the clipped surrogate at the worst-case ratio, the lower bound where Â ≥ 0 and the upper where
+Â < 0); pure IBP of the actor mean (the mode is named "convex-relax" but the CROWN pass is commented out),
+not clipped to the ±10 observation box; κ = 0.5 hard-coded (our --kappa), no KL term (robust_ppo_reg is
+unused); gradients through the bounds into the weights and into σ. Their quirks, kept, and the flag to fix:
+  * the four bound terms use the RAW advantage A, the clean ones the normalised Â: --bound-advantages normalized;
+  * expo starts at ε_t = 1e-10, not 0, so the mix with the raw-advantage terms acts from the first update on
+    a degenerate box: --eps-schedule smooth starts at 0 (clean PPO until the ramp).
+Our reconstruction: the PPO around the loss is spo_ppo.py's (the authors fit the critic first with its own
+optimiser, no gradient clipping, for 2000 iterations = 4.1M steps). Their scheduler steps per minibatch: ε_t
+≈ 0 until iteration 500 of 2000, a t⁴ (smooth) or exponential (expo) ramp turning linear a quarter of the
+way, full ε from iteration 1500. We keep both curves as fractions of all minibatch updates
+(--eps-ramp-start 0.25, --eps-ramp-end 0.75), so they scale to any --total-timesteps.
 
-Per env (the authors' configs; Ant has none, ours is an inference):
-    Hopper: ε 0.075, smooth;  Walker2d: ε 0.075 (0.05 in the other baselines' repos), expo;
-    HalfCheetah: ε 0.15, expo;  Ant: ε 0.15, expo.
-Flags that matter: --epsilon, --eps-schedule, --kappa (clean weight; 1 is spo_ppo.py), --bound-advantages,
---eps-ramp-start, --eps-ramp-end.
+Per env (their configs; Ant has none, ours is inferred): Hopper ε 0.075 smooth, Walker2d ε 0.075 (0.05 in
+the other baselines' repos) expo, HalfCheetah and Ant ε 0.15 expo. Flags that matter: --epsilon,
+--eps-schedule, --kappa (1: spo_ppo.py), --bound-advantages, --eps-ramp-start, --eps-ramp-end.
 """
 import os
 import platform
@@ -258,47 +243,35 @@ def merged_rms(envs, name):
 
 # RADIAL: the authors' epsilon schedules, as functions of the fraction of minibatch updates done
 def radial_epsilon(eps, schedule, progress, start=0.25, end=0.75, mid=0.25, power=4.0):
-    """epsilon_t once `progress` (in [0, 1]) of all minibatch updates are done. Both ramps hold a floor until
-    `start`, grow fast up to the mid point (a fraction `mid` of the ramp), then linearly to eps at `end`:
-      smooth (auto_LiRPA's SmoothedScheduler): floor 0, then alpha (p - start)^power, alpha chosen so that the
-             slope at the mid point equals the linear part's;
-      expo (radial_rl_v2's ExpoScheduler): floor 1e-10, then 1e-10 rho^((p - start) / (mid point - start)),
-             rho ln rho = mid / (1 - mid) * eps / 1e-10 (rho = exp(Lambert W)).
-    eps = 0 gives 0 throughout (the authors' expo would still give 1e-10 and switch the loss on)."""
+    """epsilon_t once `progress` (in [0, 1]) of all minibatch updates are done: a floor until `start`, a fast rise
+    to the mid point (`mid` of the way to `end`), then linear to eps at `end`. With x = 1 at the mid point:
+    smooth: floor 0, then v x^power, v chosen so that the slope at x = 1 is the linear part's; expo: floor 1e-10,
+    then 1e-10 rho^x, rho ln rho = mid / (1 - mid) eps / 1e-10. eps = 0 gives 0 (the authors' expo: 1e-10)."""
     if progress >= end or eps == 0:
         return eps
     floor = 1e-10 if schedule == "expo" else 0.0
     if progress <= start:
         return floor
-    mid_point = start + mid * (end - start)
+    x = (progress - start) / (mid * (end - start))
     if schedule == "smooth":
-        alpha = eps / ((end - mid_point) * power * (mid_point - start) ** (power - 1) + (mid_point - start) ** power)
-        mid_value = alpha * (mid_point - start) ** power
-        if progress < mid_point:
-            return alpha * (progress - start) ** power
+        mid_value = eps * mid / (power * (1 - mid) + mid)
+        fast = mid_value * x**power
     else:
         c = mid / (1 - mid) * eps / floor
-        w = np.log1p(c)  # >= W(c), from where Newton's method for w e^w = c descends to w = W(c)
+        w = np.log1p(c)  # >= W(c), from where Newton's method for w e^w = c descends to w = W(c) = ln rho
         for _ in range(30):
             w -= (w - c * np.exp(-w)) / (w + 1)
-        mid_value = floor * float(np.exp(w))
-        if progress < mid_point:
-            return floor * float(np.exp(w * (progress - start) / (mid_point - start)))
-    return mid_value + (eps - mid_value) * (progress - mid_point) / (end - mid_point)
+        mid_value, fast = floor * np.exp(w), floor * np.exp(w * x)
+    return float(fast if x < 1 else mid_value + (eps - mid_value) * (x - 1) * mid / (1 - mid))
 
 
 # RADIAL: the highest and the lowest log-likelihood of the action over the perturbation ball, through IBP
 class LogLikelihoodBounds(torch.autograd.Function):
-    """(log π̄, log π̲) = (max, min) of log N(a; μ', σ²) over the IBP box [L, U] ∋ μ' of the actor mean over B_eps(s).
-
-    IBP (as attacks.interval_bounds): a Linear layer maps the box with centre c and radius r to centre W c + b and
-    radius |W| r; tanh maps [c - r, c + r] to [tanh(c - r), tanh(c + r)]. With the output centre m and radius ρ,
-    per action dimension the distance |a - μ'| over the box is smallest at max(0, |a - m| - ρ) and largest at
-    |a - m| + ρ, and log N = -½ Σ_j (distance_j / σ_j)² - Σ_j log σ_j - (d/2) log 2π falls with it.
-    Called as LogLikelihoodBounds.apply(obs, actions, eps, logstd, *actor_mean.parameters()) for an actor of
-    Linear layers with tanh between them. The gradient (to logstd and the weights, not to obs) is written out
-    by hand: for 64-sample minibatches autograd's per-op overhead was most of the cost (tests/test_radial.py
-    checks it against autograd through attacks.interval_bounds)."""
+    """apply(obs, actions, eps, logstd, *actor_mean.parameters()) -> (log π̄, log π̲): max and min of log N(a; μ', σ²)
+    over the IBP box [m - ρ, m + ρ] ∋ μ' of a Linear/Tanh actor mean over B_eps(obs) (IBP as attacks.interval_bounds);
+    per action dimension |a - μ'| ranges over [max(0, |a - m| - ρ), |a - m| + ρ]. The gradient (to logstd and the
+    weights) is written out by hand, as attacks.mlp_input_grad does: for 64-sample minibatches autograd's per-op
+    overhead was most of the cost (tests/test_radial.py checks it against autograd through attacks.interval_bounds)."""
 
     @staticmethod
     def forward(ctx, obs, actions, eps, logstd, *params):
@@ -387,12 +360,11 @@ if __name__ == "__main__":
     if args.resume and args.run_dir is None:
         raise SystemExit("error: --resume needs the --run-dir of the run to continue")
     # RADIAL: validate the flags; epsilon and its schedule default per env
-    if args.epsilon is None:
-        args.epsilon = next((e for prefix, e in DEFAULT_EPSILON.items() if args.env_id.startswith(prefix)), None)
-        if args.epsilon is None:
-            raise SystemExit(f"error: no default --epsilon for {args.env_id}; pass one")
-    if args.eps_schedule is None:
-        args.eps_schedule = next((s for prefix, s in DEFAULT_EPS_SCHEDULE.items() if args.env_id.startswith(prefix)), "smooth")
+    family = next((prefix for prefix in DEFAULT_EPSILON if args.env_id.startswith(prefix)), None)
+    if args.epsilon is None and family is None:
+        raise SystemExit(f"error: no default --epsilon for {args.env_id}; pass one")
+    args.epsilon = DEFAULT_EPSILON[family] if args.epsilon is None else args.epsilon
+    args.eps_schedule = args.eps_schedule or DEFAULT_EPS_SCHEDULE.get(family, "smooth")
     if args.eps_schedule not in ("smooth", "expo") or args.bound_advantages not in ("raw", "normalized"):
         raise SystemExit(f"error: --eps-schedule must be smooth or expo and --bound-advantages raw or normalized, got {args.eps_schedule} and {args.bound_advantages}")
     if not (args.epsilon >= 0 and 0 <= args.kappa <= 1):
