@@ -121,7 +121,7 @@ def loglik_bounds(agent, obs, eps, actions):
 
 def reference_loglik_bounds(agent, obs, eps, actions):
     """The same, spelled out in autograd: attacks.interval_bounds, then the nearest and the farthest point of
-    the box [L, U] to the action per dimension (BASELINES-style: max(0, a - U, L - a) and max(|a - U|, |a - L|))."""
+    the box [L, U] to the action per dimension, max(0, a - U, L - a) and max(|a - U|, |a - L|) as the authors write them."""
     lower, upper = attacks.interval_bounds(agent.actor_mean, obs, eps)
     near = torch.clamp(torch.max(actions - upper, lower - actions), min=0)
     far = torch.max((actions - upper).abs(), (actions - lower).abs())
