@@ -20,9 +20,10 @@ Algorithms (the paper's four configurations, PPO and the robust baselines):
     barpo_k1  barpo_ppo.py --kappa 1 (BARPO)
     sappo     sappo_ppo.py (SGLD)             sappo_convex  sappo_ppo.py --method convex (IBP)
     wocar     wocar_ppo.py (WocaR-PPO, the authors' per-env settings)
+    radial    radial_ppo.py (RADIAL-PPO)
 Presets carry the per-env learning rates of the robust-RL literature (docs/design.md §7): `paper` = 2M steps
 (Ant 10M) and Robust Sarsa's grid of 6 Q models in the evaluation, `quick` = 500k steps (Ant 2M) and one
-Q model, same learning rates.
+Q model, same learning rates. A baseline also gets its authors' per-env settings (ALGO_ENV_FLAGS).
 """
 import glob
 import json
@@ -50,6 +51,7 @@ ALGOS = {
     "sappo": ("sappo_ppo.py", ["--method", "sgld"]),
     "sappo_convex": ("sappo_ppo.py", ["--method", "convex"]),
     "wocar": ("wocar_ppo.py", []),
+    "radial": ("radial_ppo.py", []),
 }
 # per-env flags of the robust-RL literature: policy / value learning rates, HalfCheetah's entropy and initial std
 ENV_FLAGS = {
@@ -73,6 +75,12 @@ ALGO_ENV_FLAGS = {
         "HalfCheetah": ["--epsilon", "0.15", "--kappa", "0.1", "--q-weight", "0.5", "--q-weight-schedule", "linear", "--q-lr", "4e-4"],
         "Ant": ["--epsilon", "0.15", "--kappa", "0.003", "--q-weight", "0.8", "--q-weight-schedule", "linear", "--q-lr", "3e-5"],
     },
+    "radial": {  # radial_rl_v2 configs (Walker2d at their 0.075; Ant has no config: ε 0.15 and expo are our inference)
+        "Hopper": ["--epsilon", "0.075", "--eps-schedule", "smooth"],
+        "Walker2d": ["--epsilon", "0.075", "--eps-schedule", "expo"],
+        "HalfCheetah": ["--epsilon", "0.15", "--eps-schedule", "expo"],
+        "Ant": ["--epsilon", "0.15", "--eps-schedule", "expo"],
+    },
 }
 PRESET_STEPS = {
     "paper": {"Ant": 10_000_000, "default": 2_000_000},
@@ -89,7 +97,7 @@ class Run:
     """Run (or emit) the sweep."""
 
     algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
-    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex, wocar)"""
+    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex, wocar, radial)"""
     envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
     """environment ids"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])

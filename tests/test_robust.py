@@ -39,7 +39,7 @@ def code_lines(script):
     return lines[[i for i, line in enumerate(lines) if '"""' in line][1] + 1 :]
 
 
-@pytest.mark.parametrize("script,tag", [("arpo_ppo.py", "# ARPO:"), ("barpo_ppo.py", "# BARPO:"), ("sappo_ppo.py", "# SA-PPO:"), ("wocar_ppo.py", "# WocaR:")])
+@pytest.mark.parametrize("script,tag", [("arpo_ppo.py", "# ARPO:"), ("barpo_ppo.py", "# BARPO:"), ("sappo_ppo.py", "# SA-PPO:"), ("wocar_ppo.py", "# WocaR:"), ("radial_ppo.py", "# RADIAL")])
 def test_robust_script_is_spo_plus_tagged_lines(script, tag):
     """The alignment the README promises: a fix to spo_ppo.py that is not carried over fails here."""
     spo, robust = code_lines("spo_ppo.py"), code_lines(script)

@@ -1,0 +1,615 @@
+"""RADIAL-PPO: PPO with a worst-case surrogate from interval bounds of the policy (CleanRL style, gymnasium 1.x).
+
+Objective (Oikarinen et al., "Robust Deep Reinforcement Learning through Adversarial Loss", NeurIPS 2021):
+instead of searching for an adversarial observation, bound the policy over the whole ball. Interval bound
+propagation (IBP) gives a box [L_i, U_i] holding the actor mean μ_θ(s') for every s' in B_ε(s_i), hence the
+highest and lowest log-likelihood of a_i under any perturbation; a pessimistic PPO surrogate built from
+them is mixed with the clean one:
+
+    max_θ  mean_i [ κ_t · min(r_i Â_i, clip(r_i) Â_i)  +  (1 − κ_t) · m_i ]                    (per minibatch)
+    m_i = min{ r_i Â_i, clip(r_i) Â_i,  r̄_i A_i, clip(r̄_i) A_i,  r̲_i A_i, clip(r̲_i) A_i }       (six-way min)
+    r̄_i = π̄_i / π_old(a_i|s_i),  log π̄_i = max_{μ' ∈ [L_i, U_i]} log N(a_i; μ', σ)   (r̲_i: min instead of max)
+    κ_t = κ (0.5) if ε_t > 0 else 1;  Â: advantage normalised per minibatch, A: raw GAE advantage (see below)
+Closed form: |a_j − μ'_j| over the box ranges from max(0, a_j − U_j, L_j − a_j) to max(|a_j − U_j|, |a_j − L_j|).
+
+Pseudocode, one iteration:
+    roll out num_steps with π_θ on the clean states; GAE advantages A and returns
+    for update_epochs: for each minibatch:
+        ε_t = schedule(fraction of all minibatch updates done)                         # RADIAL: smooth / expo
+        ℓ_i = max(−r_i Â_i, −clip(r_i) Â_i)                                          (PPO's per-sample loss)
+        if ε_t > 0:                                                                    # RADIAL
+            [L, U] = IBP of μ_θ over B_ε_t(s); log π̄, log π̲ from it  (differentiable in θ and in σ)
+            ℓ̃_i = max(ℓ_i, ℓ(log π̄_i; A_i), ℓ(log π̲_i; A_i)) = −m_i         (the six-way min as a max of losses)
+            L_pg = κ · mean(ℓ) + (1 − κ) · mean(ℓ̃)
+        else: L_pg = mean(ℓ)                                         (κ_t = 1: exactly spo_ppo.py's update)
+        one Adam step on L_pg − ent_coef·H + vf_coef·L_V
+Untagged lines are spo_ppo.py's: clean rollouts, old log-probs from the clean state, the critic as in SPO
+(no value bounds). Nothing here is random.
+
+Source: the authors' code, tuomaso/radial_rl_v2 at 6490ef9: MuJoCo/src/policy_gradients/steps.py
+(radial_ppo_step, get_mean_bound, get_loglikelihood_bound), MuJoCo/src/policy_gradients/agent.py
+(ExpoScheduler), their vendored auto_LiRPA's SmoothedScheduler, MuJoCo/src/config_*_radial_ppo.json.
+Where their code and the paper differ we follow the code: the six-way min with the clean terms inside (the
+paper: the clipped surrogate at the worst-case ratio, the lower bound where Â ≥ 0 and the upper where
+Â < 0); pure IBP of the actor mean (the mode is named "convex-relax" but the CROWN pass is commented out),
+not clipped to the ±10 observation box; κ = 0.5 hard-coded (our --kappa), no KL term (robust_ppo_reg is
+unused); gradients through the bounds into the weights and into σ. Their quirks, kept, and the flag to fix:
+  * the four bound terms use the RAW advantage A, the clean ones the normalised Â: --bound-advantages normalized;
+  * expo starts at ε_t = 1e-10, not 0, so the mix with the raw-advantage terms acts from the first update on
+    a degenerate box: --eps-schedule smooth starts at 0 (clean PPO until the ramp).
+Our reconstruction: the PPO around the loss is spo_ppo.py's (the authors fit the critic first with its own
+optimiser, no gradient clipping, for 2000 iterations = 4.1M steps). Their scheduler steps per minibatch: ε_t
+≈ 0 until iteration 500 of 2000, a t⁴ (smooth) or exponential (expo) ramp turning linear a quarter of the
+way, full ε from iteration 1500. We keep both curves as fractions of all minibatch updates
+(--eps-ramp-start 0.25, --eps-ramp-end 0.75), so they scale to any --total-timesteps.
+
+Per env (their configs; Ant has none, ours is inferred): Hopper ε 0.075 smooth, Walker2d ε 0.075 (0.05 in
+the other baselines' repos) expo, HalfCheetah and Ant ε 0.15 expo. Flags that matter: --epsilon,
+--eps-schedule, --kappa (1: spo_ppo.py), --bound-advantages, --eps-ramp-start, --eps-ramp-end.
+"""
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.optim as optim
+import tyro
+from torch.distributions.normal import Normal
+from torch.utils.tensorboard import SummaryWriter
+
+import attacks
+
+
+# RADIAL: the authors' per-env radius (normalised obs units) and schedule (radial_rl_v2 configs; Ant: our inference)
+DEFAULT_EPSILON = {"Hopper": 0.075, "Walker2d": 0.075, "HalfCheetah": 0.15, "Ant": 0.15}
+DEFAULT_EPS_SCHEDULE = {"Hopper": "smooth", "Walker2d": "expo", "HalfCheetah": "expo", "Ant": "expo"}
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory name)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    threads: int = 1
+    """torch CPU threads; 1 is fastest for 64-sample minibatches (use the second core for a second run)"""
+    run_dir: Optional[str] = None
+    """where TensorBoard logs and checkpoints go (default: runs/{env_id}__{exp_name}__{seed}__{unix time})"""
+    save_every: int = 0
+    """also write the checkpoint every N iterations (0: only at the end)"""
+    resume: bool = False
+    """continue from --run-dir's checkpoint if there is one (a killed run loses at most --save-every iterations)"""
+
+    # Algorithm specific arguments
+    env_id: str = "Hopper-v5"
+    """the id of the gymnasium environment"""
+    total_timesteps: int = 1000000
+    """total timesteps of the experiment"""
+    learning_rate: float = 3e-4
+    """the learning rate of the policy (actor mean and log-std)"""
+    value_learning_rate: Optional[float] = None
+    """the learning rate of the critic (default: same as --learning-rate)"""
+    num_envs: int = 1
+    """the number of parallel game environments"""
+    num_steps: int = 2048
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = True
+    """toggle learning rate annealing for policy and value networks"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 32
+    """the number of mini-batches"""
+    update_epochs: int = 10
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """toggles advantages normalization (per minibatch)"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """toggles whether or not to use a clipped loss for the value function, as per the paper"""
+    ent_coef: float = 0.0
+    """coefficient of the entropy"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: Optional[float] = None
+    """the target KL divergence threshold (early stop of the epoch loop)"""
+    init_logstd: float = 0.0
+    """initial value of the state-independent log-std (HalfCheetah in the literature: log 0.5)"""
+    hidden_size: int = 64
+    """width of the two tanh hidden layers of actor and critic"""
+
+    # RADIAL: the radius of the bounds, its schedule, and the loss
+    epsilon: Optional[float] = None
+    """l_inf radius of the bounds, normalised obs units (default per env: Hopper/Walker2d 0.075, HalfCheetah/Ant 0.15)"""
+    eps_schedule: Optional[str] = None
+    """the authors' ramps of epsilon: smooth (from 0) or expo (from 1e-10) (default per env: Hopper smooth, the others expo)"""
+    eps_ramp_start: float = 0.25
+    """epsilon starts to rise after this fraction of all minibatch updates"""
+    eps_ramp_end: float = 0.75
+    """epsilon is full from this fraction of all minibatch updates on (start = end = 0: full epsilon throughout)"""
+    kappa: float = 0.5
+    """weight of the clean PPO loss while epsilon_t > 0; the worst-case loss gets 1 - kappa (1: spo_ppo.py's run)"""
+    bound_advantages: str = "raw"
+    """advantages in the four bound terms: raw (the authors' code) or normalized (per minibatch, like the clean terms)"""
+
+    # to be filled in runtime
+    batch_size: int = 0
+    """the batch size (computed in runtime)"""
+    minibatch_size: int = 0
+    """the mini-batch size (computed in runtime)"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+def make_env(env_id, gamma):
+    def thunk():
+        env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)  # raw returns, before any normalisation
+        env = gym.wrappers.ClipAction(env)
+        env = gym.wrappers.NormalizeObservation(env)
+        env = gym.wrappers.TransformObservation(env, lambda obs: np.clip(obs, -10, 10), env.observation_space)
+        env = gym.wrappers.NormalizeReward(env, gamma=gamma)
+        env = gym.wrappers.TransformReward(env, lambda reward: np.clip(reward, -10, 10))
+        return env
+
+    return thunk
+
+
+def print_mujoco_warning(text):
+    """MuJoCo's warning handler less one message. MuJoCo 4 calls the compiler attribute 'settotalmass' of
+    gymnasium's half_cheetah.xml deprecated on every HalfCheetah load (it still applies: same model); we drop
+    exactly that message. Any other warning is printed as MuJoCo prints it (to stderr, not MUJOCO_LOG.TXT)."""
+    if "settotalmass" not in text:
+        print(f"WARNING: {text}", file=sys.stderr, flush=True)
+
+
+def hms(seconds):
+    return f"{int(seconds) // 3600}:{int(seconds) % 3600 // 60:02d}:{int(seconds) % 60:02d}"
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    def __init__(self, obs_dim, act_dim, hidden_size=64, init_logstd=0.0):
+        super().__init__()
+        self.critic = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, hidden_size)),
+            nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, hidden_size)),
+            nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, 1), std=1.0),
+        )
+        self.actor_mean = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, hidden_size)),
+            nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, hidden_size)),
+            nn.Tanh(),
+            layer_init(nn.Linear(hidden_size, act_dim), std=0.01),
+        )
+        self.actor_logstd = nn.Parameter(torch.full((1, act_dim), float(init_logstd)))
+
+    def get_value(self, x):
+        return self.critic(x)
+
+    def get_policy(self, x):
+        """The Gaussian action distribution pi(.|x)."""
+        action_mean = self.actor_mean(x)
+        action_std = torch.exp(self.actor_logstd.expand_as(action_mean))
+        return Normal(action_mean, action_std, validate_args=False)  # argument checks cost ~15% of a rollout step
+
+    def get_action_and_value(self, x, action=None):
+        probs = self.get_policy(x)
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
+
+
+def clipped_surrogate(newlogprob, oldlogprob, advantages, clip_coef):
+    """Per-sample PPO clipped policy loss -min(r·Â, clip(r, 1±c)·Â) with r = exp(newlogprob - oldlogprob)."""
+    ratio = (newlogprob - oldlogprob).exp()
+    return torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef))
+
+
+def merged_rms(envs, name):
+    """Running statistics `name` (obs_rms or return_rms) of the sub-envs' normalisers, merged if num_envs > 1.
+    The observation statistics are part of the agent: evaluation must normalise with them."""
+    rms = envs.envs[0].get_wrapper_attr(name)
+    mean, var, count = rms.mean.copy(), rms.var.copy(), float(rms.count)
+    for env in envs.envs[1:]:  # parallel-variance merge (Chan et al.)
+        other = env.get_wrapper_attr(name)
+        delta, total = other.mean - mean, count + other.count
+        var = (var * count + other.var * other.count + delta**2 * count * other.count / total) / total
+        mean, count = mean + delta * other.count / total, total
+    return {"mean": torch.as_tensor(mean), "var": torch.as_tensor(var), "count": count}
+
+
+# RADIAL: the authors' epsilon schedules, as functions of the fraction of minibatch updates done
+def radial_epsilon(eps, schedule, progress, start=0.25, end=0.75, mid=0.25, power=4.0):
+    """epsilon_t once `progress` (in [0, 1]) of all minibatch updates are done: a floor until `start`, a fast rise
+    to the mid point (`mid` of the way to `end`), then linear to eps at `end`. With x = 1 at the mid point:
+    smooth: floor 0, then v x^power, v chosen so that the slope at x = 1 is the linear part's; expo: floor 1e-10,
+    then 1e-10 rho^x, rho ln rho = mid / (1 - mid) eps / 1e-10. eps = 0 gives 0 (the authors' expo: 1e-10)."""
+    if progress >= end or eps == 0:
+        return eps
+    floor = 1e-10 if schedule == "expo" else 0.0
+    if progress <= start:
+        return floor
+    x = (progress - start) / (mid * (end - start))
+    if schedule == "smooth":
+        mid_value = eps * mid / (power * (1 - mid) + mid)
+        fast = mid_value * x**power
+    else:
+        c = mid / (1 - mid) * eps / floor
+        w = np.log1p(c)  # >= W(c), from where Newton's method for w e^w = c descends to w = W(c) = ln rho
+        for _ in range(30):
+            w -= (w - c * np.exp(-w)) / (w + 1)
+        mid_value, fast = floor * np.exp(w), floor * np.exp(w * x)
+    return float(fast if x < 1 else mid_value + (eps - mid_value) * (x - 1) * mid / (1 - mid))
+
+
+# RADIAL: the highest and the lowest log-likelihood of the action over the perturbation ball, through IBP
+class LogLikelihoodBounds(torch.autograd.Function):
+    """apply(obs, actions, eps, logstd, *actor_mean.parameters()) -> (log π̄, log π̲): max and min of log N(a; μ', σ²)
+    over the IBP box [m - ρ, m + ρ] ∋ μ' of a Linear/Tanh actor mean over B_eps(obs) (IBP as attacks.interval_bounds);
+    per action dimension |a - μ'| ranges over [max(0, |a - m| - ρ), |a - m| + ρ]. The gradient (to logstd and the
+    weights) is written out by hand, as attacks.mlp_input_grad does: for 64-sample minibatches autograd's per-op
+    overhead was most of the cost (tests/test_radial.py checks it against autograd through attacks.interval_bounds)."""
+
+    @staticmethod
+    def forward(ctx, obs, actions, eps, logstd, *params):
+        weights, biases = params[0::2], params[1::2]
+        centre, radius, layer_inputs, tanh_bounds = obs, torch.full_like(obs, eps), [], []
+        for k, (weight, bias) in enumerate(zip(weights, biases)):
+            if k > 0:
+                lower, upper = torch.tanh(centre - radius), torch.tanh(centre + radius)
+                tanh_bounds.append((lower, upper))
+                centre, radius = (upper + lower) / 2, (upper - lower) / 2
+            layer_inputs.append((centre, radius))
+            centre, radius = torch.addmm(bias, centre, weight.t()), radius @ weight.abs().t()
+        diff = actions - centre
+        near, far = torch.relu(diff.abs() - radius), diff.abs() + radius
+        inv_var = torch.exp(-2 * logstd)
+        const = -logstd.sum() - 0.5 * actions.shape[-1] * np.log(2 * np.pi)
+        ctx.save_for_backward(*weights)
+        ctx.intermediates = layer_inputs, tanh_bounds, diff, near, far, inv_var
+        return const - 0.5 * (near * near * inv_var).sum(-1), const - 0.5 * (far * far * inv_var).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad_hi, grad_lo):
+        weights, (layer_inputs, tanh_bounds, diff, near, far, inv_var) = ctx.saved_tensors, ctx.intermediates
+        grad_near, grad_far = grad_hi.unsqueeze(1) * near, grad_lo.unsqueeze(1) * far
+        grad_logstd = -(grad_hi.sum() + grad_lo.sum()) + ((grad_near * near + grad_far * far) * inv_var).sum(0, keepdim=True)
+        grad_centre = (grad_near + grad_far) * inv_var * diff.sign()  # d|a - m|/dm = -sign(a - m)
+        grad_radius = (grad_near - grad_far) * inv_var
+        grads = []
+        for k in reversed(range(len(weights))):
+            (centre, radius), weight = layer_inputs[k], weights[k]
+            grads += [grad_centre.sum(0), grad_centre.t() @ centre + weight.sign() * (grad_radius.t() @ radius)]
+            if k > 0:  # through the Linear layer's input box, then through tanh at both ends of the box
+                grad_centre, grad_radius = grad_centre @ weight, grad_radius @ weight.abs()
+                lower, upper = tanh_bounds[k - 1]
+                grad_upper = torch.ops.aten.tanh_backward((grad_centre + grad_radius) / 2, upper)  # g (1 - upper^2)
+                grad_lower = torch.ops.aten.tanh_backward((grad_centre - grad_radius) / 2, lower)
+                grad_centre, grad_radius = grad_upper + grad_lower, grad_upper - grad_lower
+        return (None, None, None, grad_logstd, *reversed(grads))
+
+
+def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
+    """Self-describing checkpoint; written to a temporary file first so a crash never leaves half a file."""
+    checkpoint = {
+        "algo": "radial",
+        "env_id": args.env_id,
+        "obs_shape": list(envs.single_observation_space.shape),
+        "action_shape": list(envs.single_action_space.shape),
+        "hidden_size": args.hidden_size,
+        "agent": agent.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "obs_rms": merged_rms(envs, "obs_rms"),
+        "return_rms": merged_rms(envs, "return_rms"),  # only needed to resume training
+        "obs_clip": 10.0,
+        "args": vars(args),
+        "global_step": global_step,
+        "iteration": iteration,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),
+            "gymnasium": gym.__version__,
+            "mujoco": mujoco.__version__,
+            "numpy": np.__version__,
+        },
+    }
+    torch.save(checkpoint, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    mujoco.set_mju_user_warning(print_mujoco_warning)
+    try:
+        probe = gym.make(args.env_id)
+    except gym.error.Error as e:
+        raise SystemExit(f"error: unknown --env-id {args.env_id!r}: {e}")
+    if not isinstance(probe.action_space, gym.spaces.Box):
+        raise SystemExit(f"error: {args.env_id} has no continuous (Box) action space")
+    probe.close()
+    if min(args.total_timesteps, args.num_steps, args.num_envs, args.num_minibatches, args.update_epochs, args.threads) < 1:
+        raise SystemExit("error: --total-timesteps, --num-steps, --num-envs, --num-minibatches, --update-epochs, --threads must be >= 1")
+    args.batch_size = int(args.num_envs * args.num_steps)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+    if args.batch_size % args.num_minibatches != 0:
+        raise SystemExit(f"error: --num-minibatches must divide the batch (num_envs * num_steps = {args.batch_size})")
+    if args.resume and args.run_dir is None:
+        raise SystemExit("error: --resume needs the --run-dir of the run to continue")
+    # RADIAL: validate the flags; epsilon and its schedule default per env
+    family = next((prefix for prefix in DEFAULT_EPSILON if args.env_id.startswith(prefix)), None)
+    if args.epsilon is None and family is None:
+        raise SystemExit(f"error: no default --epsilon for {args.env_id}; pass one")
+    args.epsilon = DEFAULT_EPSILON[family] if args.epsilon is None else args.epsilon
+    args.eps_schedule = args.eps_schedule or DEFAULT_EPS_SCHEDULE.get(family, "smooth")
+    if args.eps_schedule not in ("smooth", "expo") or args.bound_advantages not in ("raw", "normalized"):
+        raise SystemExit(f"error: --eps-schedule must be smooth or expo and --bound-advantages raw or normalized, got {args.eps_schedule} and {args.bound_advantages}")
+    if not (args.epsilon >= 0 and 0 <= args.kappa <= 1):
+        raise SystemExit(f"error: --epsilon must be >= 0 and --kappa in [0, 1], got {args.epsilon} and {args.kappa}")
+    if not 0 <= args.eps_ramp_start <= args.eps_ramp_end <= 1:
+        raise SystemExit(f"error: need 0 <= --eps-ramp-start <= --eps-ramp-end <= 1, got {args.eps_ramp_start} and {args.eps_ramp_end}")
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = args.run_dir or os.path.join("runs", run_name)
+    ckpt_path = os.path.join(run_dir, "agent.pt")
+    if os.path.exists(ckpt_path) and not args.resume:
+        raise SystemExit(f"error: {ckpt_path} already exists; choose another --run-dir (or --resume)")
+    writer = SummaryWriter(run_dir)
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+    )
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.threads)
+
+    # env setup (SAME_STEP: a done step returns the next episode's first obs, no fake transition)
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, args.gamma) for _ in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    act_dim = int(np.prod(envs.single_action_space.shape))
+
+    agent = Agent(obs_dim, act_dim, args.hidden_size, args.init_logstd)
+    value_lr = args.value_learning_rate if args.value_learning_rate is not None else args.learning_rate
+    optimizer = optim.Adam(
+        [
+            {"params": list(agent.actor_mean.parameters()) + [agent.actor_logstd], "lr": args.learning_rate},
+            {"params": agent.critic.parameters(), "lr": value_lr},
+        ],
+        eps=1e-5,
+        fused=True,  # one kernel for all parameters: ~20% faster updates on CPU, same algorithm
+    )
+    initial_lrs = [args.learning_rate, value_lr]
+
+    # ALGO Logic: Storage setup (numpy buffers; the rollout runs under torch.inference_mode)
+    obs = np.zeros((args.num_steps, args.num_envs, obs_dim), dtype=np.float32)
+    actions = np.zeros((args.num_steps, args.num_envs, act_dim), dtype=np.float32)
+    logprobs = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    values = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+
+    # Resume: weights, optimizer, normalisers and counters from the last checkpoint of the same run (same
+    # algorithm and arguments); the episode in flight is lost (envs restart) and the random streams are
+    # reseeded from (seed, iteration), so a resumed run is reproducible but not bit-identical to an
+    # uninterrupted one.
+    start_iteration, global_step = 1, 0
+    if args.resume and os.path.exists(ckpt_path):
+        checkpoint = torch.load(ckpt_path, weights_only=True)
+        ignored = {"run_dir", "resume", "save_every", "threads"}
+        changed = sorted(k for k, v in vars(args).items() if k not in ignored and checkpoint["args"].get(k) != v)
+        if checkpoint["algo"] != "radial" or changed:
+            raise SystemExit(f"error: {ckpt_path} is a {checkpoint['algo']} run with other arguments ({', '.join(changed)}); cannot resume it")
+        agent.load_state_dict(checkpoint["agent"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        for env in envs.envs:
+            for name in ("obs_rms", "return_rms"):
+                rms, saved = env.get_wrapper_attr(name), checkpoint[name]
+                rms.mean, rms.var = saved["mean"].numpy().copy(), saved["var"].numpy().copy()
+                rms.count = saved["count"] / args.num_envs  # the saved count is the merge over all sub-envs
+        start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
+        if start_iteration > args.num_iterations:
+            print(f"{ckpt_path} is complete ({global_step} steps); nothing to resume")
+            raise SystemExit(0)
+        random.seed(args.seed * 100_003 + start_iteration)  # not the stream of another seed
+        np.random.seed(args.seed * 100_003 + start_iteration)
+        torch.manual_seed(args.seed * 100_003 + start_iteration)
+        print(f"resuming {ckpt_path} at iteration {start_iteration}/{args.num_iterations}", flush=True)
+
+    # TRY NOT TO MODIFY: start the game
+    start_step, start_time = global_step, time.time()
+    next_obs, _ = envs.reset(seed=args.seed if start_iteration == 1 else args.seed * 100_003 + start_iteration)
+    next_obs = next_obs.astype(np.float32)
+    next_done = np.zeros(args.num_envs, dtype=np.float32)
+    recent_returns = []
+
+    for iteration in range(start_iteration, args.num_iterations + 1):
+        # Annealing the rate if instructed to do so.
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            for group, lr in zip(optimizer.param_groups, initial_lrs):
+                group["lr"] = frac * lr
+
+        with torch.inference_mode():
+            for step in range(0, args.num_steps):
+                global_step += args.num_envs
+                obs[step] = next_obs
+                dones[step] = next_done
+
+                action, logprob, _, value = agent.get_action_and_value(torch.from_numpy(next_obs))
+                values[step] = value.flatten().numpy()
+                actions[step] = action.numpy()
+                logprobs[step] = logprob.numpy()
+
+                next_obs, reward, terminations, truncations, infos = envs.step(actions[step])
+                next_obs = next_obs.astype(np.float32)
+                next_done = np.logical_or(terminations, truncations).astype(np.float32)
+                rewards[step] = reward
+
+                if "final_info" in infos:
+                    finished = infos["final_info"]["_episode"]
+                    for r, l in zip(infos["final_info"]["episode"]["r"][finished], infos["final_info"]["episode"]["l"][finished]):
+                        writer.add_scalar("charts/episodic_return", r, global_step)
+                        writer.add_scalar("charts/episodic_length", l, global_step)
+                        recent_returns = (recent_returns + [float(r)])[-10:]
+
+            # bootstrap value if not done
+            next_value = agent.get_value(torch.from_numpy(next_obs)).flatten().numpy()
+        advantages = np.zeros_like(rewards)
+        lastgaelam = 0
+        for t in reversed(range(args.num_steps)):
+            if t == args.num_steps - 1:
+                nextnonterminal = 1.0 - next_done
+                nextvalues = next_value
+            else:
+                nextnonterminal = 1.0 - dones[t + 1]
+                nextvalues = values[t + 1]
+            delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+            advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+        returns = advantages + values
+
+        # flatten the batch
+        b_obs = torch.from_numpy(obs.reshape(-1, obs_dim))
+        b_logprobs = torch.from_numpy(logprobs.reshape(-1))
+        b_actions = torch.from_numpy(actions.reshape(-1, act_dim))
+        b_advantages = torch.from_numpy(advantages.reshape(-1))
+        b_returns = torch.from_numpy(returns.reshape(-1))
+        b_values = torch.from_numpy(values.reshape(-1))
+
+        # Optimizing the policy and value network
+        b_inds = np.arange(args.batch_size)
+        clipfracs = []
+        for epoch in range(args.update_epochs):
+            np.random.shuffle(b_inds)
+            for start in range(0, args.batch_size, args.minibatch_size):
+                end = start + args.minibatch_size
+                mb_inds = b_inds[start:end]
+                mb_obs = b_obs[mb_inds]
+
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_obs, b_actions[mb_inds])
+                logratio = newlogprob - b_logprobs[mb_inds]
+                ratio = logratio.exp()
+
+                with torch.no_grad():
+                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                    old_approx_kl = (-logratio).mean()
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+
+                mb_advantages = b_advantages[mb_inds]
+                if args.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                # RADIAL: epsilon_t per minibatch (the authors step their scheduler once per minibatch)
+                updates_per_iteration = args.update_epochs * args.num_minibatches
+                progress = ((iteration - 1) * updates_per_iteration + epoch * args.num_minibatches + start // args.minibatch_size) / (args.num_iterations * updates_per_iteration)
+                eps_t = radial_epsilon(args.epsilon, args.eps_schedule, progress, args.eps_ramp_start, args.eps_ramp_end)
+
+                # Policy loss
+                # RADIAL: the clean PPO loss, mixed while eps_t > 0 with the worst case over the IBP box of the actor
+                # mean: the six-way min of surrogates is a max of per-sample losses (gradients flow through the bounds)
+                pg_losses_clean = clipped_surrogate(newlogprob, b_logprobs[mb_inds], mb_advantages, args.clip_coef)
+                pg_loss_clean = pg_losses_clean.mean()
+                if eps_t > 0:
+                    loglik_hi, loglik_lo = LogLikelihoodBounds.apply(mb_obs, b_actions[mb_inds], eps_t, agent.actor_logstd, *agent.actor_mean.parameters())
+                    bound_adv = b_advantages[mb_inds] if args.bound_advantages == "raw" else mb_advantages
+                    pg_losses_adv = torch.max(pg_losses_clean, torch.max(clipped_surrogate(loglik_hi, b_logprobs[mb_inds], bound_adv, args.clip_coef),
+                                                                         clipped_surrogate(loglik_lo, b_logprobs[mb_inds], bound_adv, args.clip_coef)))
+                    pg_loss_adv = pg_losses_adv.mean()
+                    pg_loss = args.kappa * pg_loss_clean + (1 - args.kappa) * pg_loss_adv
+                else:  # the authors' kappa_t = 1 while eps_t = 0: spo_ppo.py's loss
+                    pg_loss = pg_loss_adv = pg_loss_clean
+
+                # Value loss
+                newvalue = newvalue.view(-1)
+                if args.clip_vloss:
+                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+                    v_clipped = b_values[mb_inds] + torch.clamp(
+                        newvalue - b_values[mb_inds],
+                        -args.clip_coef,
+                        args.clip_coef,
+                    )
+                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                    v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
+                    v_loss = 0.5 * v_loss_max.mean()
+                else:
+                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+                entropy_loss = entropy.mean()
+                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                if not torch.isfinite(loss):
+                    raise SystemExit(f"error: non-finite loss at iteration {iteration}; stopping without writing a checkpoint")
+
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+                optimizer.step()
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+
+        y_pred, y_true = b_values.numpy(), b_returns.numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        elapsed = time.time() - start_time
+        sps = int((global_step - start_step) / elapsed)
+        eta = elapsed / (iteration - start_iteration + 1) * (args.num_iterations - iteration)
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        # RADIAL: the last minibatch's epsilon, mean box width, and share of samples whose worst case is a bound term
+        with torch.no_grad():
+            lower, upper = attacks.interval_bounds(agent.actor_mean, mb_obs, eps_t)
+        bound_width = (upper - lower).mean().item()
+        bound_active = (pg_losses_adv > pg_losses_clean).float().mean().item() if eps_t > 0 else 0.0
+        writer.add_scalar("adversary/epsilon", eps_t, global_step)
+        writer.add_scalar("adversary/bound_width", bound_width, global_step)
+        writer.add_scalar("adversary/bound_active", bound_active, global_step)
+        writer.add_scalar("losses/policy_loss_adv", pg_loss_adv.item(), global_step)
+        writer.add_scalar("losses/policy_loss_clean", pg_loss_clean.item(), global_step)
+        recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
+        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} elapsed {hms(elapsed)} ETA {hms(eta)} return(last 10) {recent} eps {eps_t:.3g} bound width {bound_width:.2e} active {bound_active:.2f}", flush=True)
+
+        if args.save_every > 0 and iteration % args.save_every == 0:
+            save_checkpoint(ckpt_path, agent, optimizer, envs, args, global_step, iteration)
+
+    save_checkpoint(ckpt_path, agent, optimizer, envs, args, global_step, args.num_iterations)
+    print(f"saved {ckpt_path}")
+    envs.close()
+    writer.close()
