@@ -104,7 +104,7 @@ class Args:
     total_timesteps: int = 1500000
     """total environment steps of adversary training (default: ~15 min on one core for Hopper)"""
     literature_budget: bool = False
-    """train for 5,000,000 steps instead of --total-timesteps (a literature-scale budget)"""
+    """train for 5,000,000 steps without the early stop instead of --total-timesteps (a literature-scale budget)"""
     learning_rate: float = 3e-4
     """the learning rate of the adversary (actor and critic)"""
     num_envs: int = 8
@@ -143,6 +143,18 @@ class Args:
     """PA-AD: sign-gradient steps of the actor that turns the direction into a state perturbation"""
     actor_step_size: Optional[float] = None
     """PA-AD: step size of the actor (default: epsilon / actor_steps)"""
+
+    # Early stop and budget curve
+    early_stop_window: int = 100000
+    """early stop: steps per window of training episodes (at least one episode each; 0: train --total-timesteps)"""
+    early_stop_patience: int = 2
+    """early stop after this many windows whose mean victim return is not below the best earlier one by --early-stop-min-drop"""
+    early_stop_min_drop: float = 0.02
+    """the drop that counts, as a fraction of the first window's mean victim return"""
+    eval_at: Tuple[int, ...] = ()
+    """training steps at which to evaluate the adversary (mean and sampled, --eval-episodes each): the budget curve"""
+    eval_episodes: int = 50
+    """episodes per evaluation of --eval-at (evaluate.py's seed, so the numbers are evaluate.py's)"""
 
     # Hyperparameter scan
     grid: bool = False
@@ -187,15 +199,27 @@ def perturb(victim, obs, eps, adversary_action, args):
     return attacks.paad_actor(victim, obs, eps, adversary_action, steps=args.actor_steps, step_size=args.actor_step_size)
 
 
-def victim_return(victim, victim_ckpt, adversary, eps, args, num_episodes, seed):
-    """Mean victim return over lockstep episodes with the adversary acting deterministically (mean action)."""
+def victim_return(victim, victim_ckpt, adversary, eps, args, num_episodes, seed, sampled=False):
+    """Mean victim return over lockstep episodes, the adversary acting with its mean action (or sampled ones) as
+    evaluate.py does it (torch seeded with `seed`); the caller's random state is left as it was."""
 
     def perturb_batch(x):
         with torch.no_grad():
-            return perturb(victim, x, eps, adversary.actor_mean(x), args)
+            return perturb(victim, x, eps, evaluate.adversary_action(adversary, x, sampled), args)
 
-    returns, _ = evaluate.run_episodes(victim, victim_ckpt["env_id"], victim_ckpt["obs_rms"], num_episodes, perturb_batch, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        returns, _ = evaluate.run_episodes(victim, victim_ckpt["env_id"], victim_ckpt["obs_rms"], num_episodes, perturb_batch, seed=seed)
     return float(returns.mean())
+
+
+def stalled(window_means, patience, min_drop):
+    """Early stop: the last `patience` windows' mean victim returns are none of them `min_drop` (a fraction of
+    the first window's) below the best (lowest) earlier window."""
+    if len(window_means) <= patience:
+        return False
+    best_before = min(window_means[:-patience])
+    return min(window_means[-patience:]) > best_before - min_drop * abs(window_means[0])
 
 
 def train(args, victim, victim_ckpt, eps, run_dir):
@@ -238,6 +262,8 @@ def train(args, victim, victim_ckpt, eps, run_dir):
     next_obs = next_obs.astype(np.float32)
     next_done = np.zeros(args.num_envs, dtype=np.float32)
     recent_returns = []
+    window_start, window_returns, window_means, stop_step = 0, [], [], None  # early stop
+    curve, eval_points, eval_seconds = [], sorted(args.eval_at), 0.0  # budget curve
 
     for iteration in range(1, args.num_iterations + 1):
         # Annealing the rate if instructed to do so.
@@ -270,6 +296,7 @@ def train(args, victim, victim_ckpt, eps, run_dir):
                         writer.add_scalar("charts/victim_episodic_return", r, global_step)
                         writer.add_scalar("charts/victim_episodic_length", l, global_step)
                         recent_returns = (recent_returns + [float(r)])[-10:]
+                        window_returns.append(float(r))
 
             # bootstrap value if not done
             next_value = adversary.get_value(torch.from_numpy(next_obs)).flatten().numpy()
@@ -353,7 +380,7 @@ def train(args, victim, victim_ckpt, eps, run_dir):
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
-        elapsed = time.time() - start_time
+        elapsed = time.time() - start_time - eval_seconds  # training time, without the budget curve's evaluations
         sps = int(global_step / elapsed)
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
@@ -368,6 +395,26 @@ def train(args, victim, victim_ckpt, eps, run_dir):
         eta = elapsed / iteration * (args.num_iterations - iteration)
         print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} elapsed {hms(elapsed)} ETA {hms(eta)} victim return(last 10) {recent}", flush=True)
 
+        due = [p for p in eval_points if p <= global_step or iteration == args.num_iterations]
+        if due:  # budget curve: evaluate the adversary as it is now
+            t0 = time.time()
+            point = {"step": global_step, "train_seconds": round(elapsed, 1)}
+            for label in ("mean", "sampled"):
+                point[label] = victim_return(victim, victim_ckpt, adversary, eps, args, args.eval_episodes, evaluate.Args.seed, label == "sampled")
+                writer.add_scalar(f"curve/victim_return_{label}", point[label], global_step)
+            curve.append(point)
+            eval_points = [p for p in eval_points if p not in due]
+            eval_seconds += time.time() - t0
+            print(f"curve: step {global_step} victim return mean {point['mean']:.1f} sampled {point['sampled']:.1f} ({time.time() - t0:.0f} s)", flush=True)
+
+        if args.early_stop_window and global_step - window_start >= args.early_stop_window and window_returns:
+            window_start, window_means, window_returns = global_step, window_means + [float(np.mean(window_returns))], []
+            if stalled(window_means, args.early_stop_patience, args.early_stop_min_drop):
+                stop_step = global_step
+                print(f"early stop at step {global_step}: victim return per {args.early_stop_window}-step window "
+                      + " ".join(f"{m:.0f}" for m in window_means), flush=True)
+                break
+
     reward_rms = []  # the adversary's reward normaliser, one per sub-env (training only; kept for the record)
     for env in envs.envs:
         rms = env.get_wrapper_attr("return_rms")
@@ -375,7 +422,9 @@ def train(args, victim, victim_ckpt, eps, run_dir):
     envs.close()
     writer.close()
     adversary.eval()
-    return adversary, {"global_step": global_step, "reward_rms": reward_rms, "recent_victim_returns": recent_returns}
+    info = {"global_step": global_step, "train_seconds": round(time.time() - start_time - eval_seconds, 1), "reward_rms": reward_rms,
+            "recent_victim_returns": recent_returns, "early_stop_step": stop_step, "window_means": window_means, "curve": curve}
+    return adversary, info
 
 
 def save_adversary(path, adversary, info, args, eps, victim_ckpt, victim_sha1, grid_results):
@@ -394,6 +443,10 @@ def save_adversary(path, adversary, info, args, eps, victim_ckpt, victim_sha1, g
         "reward_rms": info["reward_rms"],
         "args": vars(args),
         "global_step": info["global_step"],
+        "train_seconds": info["train_seconds"],
+        "early_stop_step": info["early_stop_step"],
+        "early_stop_window_means": info["window_means"],
+        "curve": info["curve"],
         "recent_victim_returns": info["recent_victim_returns"],
         "grid": grid_results,
         "versions": {
@@ -416,9 +469,15 @@ def main(args):
     eps = args.epsilon if args.epsilon is not None else evaluate.default_epsilon(victim_ckpt["env_id"])
     args.epsilon = eps
     if args.literature_budget:
-        args.total_timesteps = LITERATURE_TIMESTEPS
-    if args.total_timesteps <= 0 or args.num_steps <= 0 or args.num_envs <= 0 or args.grid_episodes <= 0:
-        raise SystemExit("error: --total-timesteps, --num-steps, --num-envs and --grid-episodes must be positive")
+        args.total_timesteps, args.early_stop_window = LITERATURE_TIMESTEPS, 0
+    positive = ["total_timesteps", "num_steps", "num_envs", "num_minibatches", "update_epochs", "learning_rate", "grid_episodes",
+                "eval_episodes", "early_stop_patience"]
+    if not all(getattr(args, name) > 0 for name in positive):
+        raise SystemExit("error: " + ", ".join("--" + n.replace("_", "-") for n in positive) + " must be positive")
+    if not (args.ent_coef >= 0 and args.early_stop_window >= 0 and args.early_stop_min_drop >= 0):
+        raise SystemExit("error: --ent-coef, --early-stop-window and --early-stop-min-drop must be >= 0")
+    if not all(0 < step <= args.total_timesteps for step in args.eval_at):
+        raise SystemExit(f"error: every --eval-at step must be in (0, --total-timesteps = {args.total_timesteps}], got {list(args.eval_at)}")
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
