@@ -250,7 +250,8 @@ def train(args, victim, victim_ckpt, eps, run_dir):
     next_done = np.zeros(args.num_envs, dtype=np.float32)
     recent_returns = []
     window_start, window_returns, window_means, stop_step = 0, [], [], None  # early stop
-    curve, eval_points, eval_seconds = [], sorted(args.eval_at), 0.0  # budget curve
+    curve, eval_points, eval_seconds, eval_cpu = [], sorted(args.eval_at), 0.0, 0.0  # budget curve
+    cpu_start = time.process_time()  # this process's CPU time: the cost on one core, whatever else shares the machine
 
     for iteration in range(1, args.num_iterations + 1):
         # Annealing the rate if instructed to do so.
@@ -384,14 +385,14 @@ def train(args, victim, victim_ckpt, eps, run_dir):
 
         due = [p for p in eval_points if p <= global_step or iteration == args.num_iterations]
         if due:  # budget curve: evaluate the adversary as it is now
-            t0 = time.time()
-            point = {"step": global_step, "train_seconds": round(elapsed, 1)}
+            t0, c0 = time.time(), time.process_time()
+            point = {"step": global_step, "train_seconds": round(elapsed, 1), "train_cpu_seconds": round(c0 - cpu_start - eval_cpu, 1)}
             for label in ("mean", "sampled"):
                 point[label] = victim_return(victim, victim_ckpt, adversary, eps, args, args.eval_episodes, evaluate.Args.seed, label == "sampled")
                 writer.add_scalar(f"curve/victim_return_{label}", point[label], global_step)
             curve.append(point)
             eval_points = [p for p in eval_points if p not in due]
-            eval_seconds += time.time() - t0
+            eval_seconds, eval_cpu = eval_seconds + time.time() - t0, eval_cpu + time.process_time() - c0
             print(f"curve: step {global_step} victim return mean {point['mean']:.1f} sampled {point['sampled']:.1f} ({time.time() - t0:.0f} s)", flush=True)
 
         if args.early_stop_window and global_step - window_start >= args.early_stop_window and window_returns:
@@ -410,6 +411,7 @@ def train(args, victim, victim_ckpt, eps, run_dir):
     writer.close()
     adversary.eval()
     info = {"global_step": global_step, "train_seconds": round(time.time() - start_time - eval_seconds, 1), "reward_rms": reward_rms,
+            "train_cpu_seconds": round(time.process_time() - cpu_start - eval_cpu, 1),
             "recent_victim_returns": recent_returns, "early_stop_step": stop_step, "window_means": window_means, "curve": curve}
     return adversary, info
 
@@ -431,6 +433,7 @@ def save_adversary(path, adversary, info, args, eps, victim_ckpt, victim_sha1, g
         "args": vars(args),
         "global_step": info["global_step"],
         "train_seconds": info["train_seconds"],
+        "train_cpu_seconds": info["train_cpu_seconds"],
         "early_stop_step": info["early_stop_step"],
         "early_stop_window_means": info["window_means"],
         "curve": info["curve"],
