@@ -46,6 +46,7 @@ search would give (our attack may be weaker).
     python sarl_attack.py runs/<run>/agent.pt --grid             # 3 learning rates, keep the strongest
     python evaluate.py runs/<run>/agent.pt --attacks all         # now includes sarl
 """
+import copy
 import os
 import platform
 import random
@@ -133,7 +134,7 @@ class Args:
 
     # Early stop and budget curve
     early_stop_window: int = 100000
-    """early stop: steps per window of training episodes (at least one episode each; 0: train --total-timesteps)"""
+    """early stop: steps per window of training episodes (>= 1 episode each), the adversary saved is that of the best window (0: no stop, the last adversary)"""
     early_stop_patience: int = 2
     """early stop after this many windows whose mean victim return is not below the best earlier one by --early-stop-min-drop"""
     early_stop_min_drop: float = 0.02
@@ -249,7 +250,7 @@ def train(args, victim, victim_ckpt, eps, run_dir):
     next_obs = next_obs.astype(np.float32)
     next_done = np.zeros(args.num_envs, dtype=np.float32)
     recent_returns = []
-    window_start, window_returns, window_means, stop_step = 0, [], [], None  # early stop
+    window_start, window_returns, window_means, stop_step, kept = 0, [], [], None, None  # early stop
     curve, eval_points, eval_seconds, eval_cpu = [], sorted(args.eval_at), 0.0, 0.0  # budget curve
     cpu_start = time.process_time()  # this process's CPU time: the cost on one core, whatever else shares the machine
 
@@ -397,12 +398,16 @@ def train(args, victim, victim_ckpt, eps, run_dir):
 
         if args.early_stop_window and global_step - window_start >= args.early_stop_window and window_returns:
             window_start, window_means, window_returns = global_step, window_means + [float(np.mean(window_returns))], []
+            if window_means[-1] == min(window_means):  # the strongest adversary so far: the one that is saved
+                kept = (global_step, copy.deepcopy(adversary.state_dict()))
             if stalled(window_means, args.early_stop_patience, args.early_stop_min_drop):
                 stop_step = global_step
                 print(f"early stop at step {global_step}: victim return per {args.early_stop_window}-step window "
                       + " ".join(f"{m:.0f}" for m in window_means), flush=True)
                 break
 
+    if kept is not None:
+        adversary.load_state_dict(kept[1])
     reward_rms = []  # the adversary's reward normaliser, one per sub-env (training only; kept for the record)
     for env in envs.envs:
         rms = env.get_wrapper_attr("return_rms")
@@ -412,7 +417,8 @@ def train(args, victim, victim_ckpt, eps, run_dir):
     adversary.eval()
     info = {"global_step": global_step, "train_seconds": round(time.time() - start_time - eval_seconds, 1), "reward_rms": reward_rms,
             "train_cpu_seconds": round(time.process_time() - cpu_start - eval_cpu, 1),
-            "recent_victim_returns": recent_returns, "early_stop_step": stop_step, "window_means": window_means, "curve": curve}
+            "recent_victim_returns": recent_returns, "early_stop_step": stop_step, "window_means": window_means, "curve": curve,
+            "kept_step": kept[0] if kept else global_step}
     return adversary, info
 
 
@@ -436,6 +442,7 @@ def save_adversary(path, adversary, info, args, eps, victim_ckpt, victim_sha1, g
         "train_cpu_seconds": info["train_cpu_seconds"],
         "early_stop_step": info["early_stop_step"],
         "early_stop_window_means": info["window_means"],
+        "kept_step": info["kept_step"],
         "curve": info["curve"],
         "recent_victim_returns": info["recent_victim_returns"],
         "grid": grid_results,

@@ -254,11 +254,13 @@ def test_early_stop_stops_and_records_where(name, tiny_spo_checkpoint, tmp_path)
     adv = torch.load(victim.parent / f"{name}_eps0.075.pt", weights_only=True)
     assert adv["early_stop_step"] == adv["global_step"] == 256 and len(adv["early_stop_window_means"]) == 2
     assert "early stop at step 256" in proc.stdout
+    means = adv["early_stop_window_means"]  # the adversary saved is the one of the window with the lowest victim return
+    assert adv["kept_step"] == 128 * (1 + means.index(min(means)))
     # without the early stop (window 0) the same flags train the whole budget
     run_script(SCRIPTS[name], victim, *TINY_ADV, "--total-timesteps", "1280", "--early-stop-window", "0",
                "--early-stop-patience", "1", "--early-stop-min-drop", "1e9", "--run-dir", tmp_path / "tb0")
     adv = torch.load(victim.parent / f"{name}_eps0.075.pt", weights_only=True)
-    assert adv["early_stop_step"] is None and adv["global_step"] == 1280
+    assert adv["early_stop_step"] is None and adv["global_step"] == adv["kept_step"] == 1280
 
 
 @pytest.mark.parametrize("name", ["sarl", "paad"])
