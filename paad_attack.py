@@ -16,7 +16,8 @@ Pseudocode, one iteration (PPO of the director; the victim and its normaliser ne
     for num_steps: s = normalised obs (victim's frozen statistics, clipped to +-10)
                    d ~ director(s);  s' = paad_actor(victim, s, eps, d)     # always inside B_eps(s)
                    env.step(mu_victim(s'));  director reward = -env reward (normalised like PPO's)
-    GAE on the director's rewards; 10 epochs x 32 minibatches of the PPO clipped loss on (s, d)
+    GAE on the director's rewards; 10 epochs x 4 minibatches of the PPO clipped loss on (s, d);
+    every 100k steps: stop if the victim's return has stopped falling (see Budget)
 The director's networks are the PPO agent of spo_ppo.py (64-64 tanh actor and critic, state-independent
 log-std) with an action of size act_dim; in the code it is called `adversary` so that
 `diff sarl_attack.py paad_attack.py` shows only the attack (lines tagged `# PA-AD:`). It acts on the
@@ -30,20 +31,24 @@ setting's score. It is written to a .tmp file and moved into place only at the e
 overwrites it. `python evaluate.py <victim> --attacks paad` then evaluates it with its mean d and with
 sampled directions, and reports the stronger.
 
-Budget (measured, Hopper-v5, 1 thread, 8 sub-envs x 256 steps, while two other training jobs shared the
-2 cores): about 1,780 steps/s including the 10-step actor at every step and the PPO update (1,470 with 4
-sub-envs: the batched actor is cheaper per state), so the default 1,500,000 steps take ~15 minutes (faster
-on an idle core; about half as fast when 4 processes share the 2 cores; Ant's env steps are ~1.7x slower).
-Fewer steps than sarl_attack.py's 2,000,000: the director searches the (smaller) action space, which is
-PA-AD's efficiency argument. The literature trains each adversary for millions of steps:
-`--literature-budget` uses 5,000,000 (the order of magnitude of the published MuJoCo attack budgets as we
-recall them; we did not verify the exact per-environment numbers).
+Budget (docs/benchmarks.md, measured as this process's CPU time, Hopper-v5, 1 thread, 8 sub-envs x 256 steps,
+10 x 4 minibatches): about 0.3 ms per step including the 10-step actor at every step, so at most 750,000
+steps are about 4 min of one core (Ant's env steps are ~1.7x slower; wall time is longer when other jobs
+share the core). On the 500k-step Hopper SPO agent (natural 2480, random 2173, the gradient attacks' worst
+1713) the victim's return is 934 at 250k steps, 823 at 500k, 799 at 1M. Training stops earlier when the
+victim's mean return over a 100k-step window of training episodes has not fallen by 5 % of the first window's
+for 2 windows (--early-stop-*; 0 turns it off), and the director saved is that of the best window.
+The literature trains each adversary longer: `--literature-budget` uses 5,000,000 steps without the early
+stop (the order of magnitude of the published MuJoCo attack budgets as we recall them; we did not verify the
+exact per-environment numbers). `--eval-at` evaluates the director at given steps (budget curves,
+budget_curve.py plots them).
 
 Our reconstruction / choices: the actor maximises the projection <mu(s') - mu(s), d/|d|> with sign-gradient
 steps from s' = s (PA-AD's continuous-action actor, as we recall the paper, uses a cosine-similarity-type
 objective; we did not check their code. The projection also rewards a larger move along d, and its gradient
-is well defined at s' = s); PPO hyperparameters are CleanRL's defaults (lr 3e-4, 2048-step batches, no
-entropy bonus); the director sees only s; truncation at the time limit ends the director's episode like a
+is well defined at s' = s); PPO as CleanRL's with 2048-step batches, no entropy bonus (the director's
+3-dimensional policy did not need one on the victims of docs/benchmarks.md), lr 1e-3 and 10 epochs x 4
+minibatches of 512 (as in sarl_attack.py: about a quarter of the update cost of 32 x 64); the director sees only s; truncation at the time limit ends the director's episode like a
 termination (CleanRL convention). `--grid` trains len(grid_learning_rates) x len(grid_ent_coefs) settings
 (default 3 learning rates x 1 entropy coefficient) with the same budget each, evaluates each director on
 --grid-episodes episodes and keeps the one with the lowest victim return. Published evaluations tune learned
@@ -102,11 +107,11 @@ class Args:
     """where TensorBoard logs go (default: runs/{env_id}__{exp_name}__eps{eps}__{seed}__{unix time})"""
 
     # Algorithm specific arguments (the director's PPO)
-    total_timesteps: int = 1500000
-    """total environment steps of adversary training (default: ~15 min on one core for Hopper)"""
+    total_timesteps: int = 750000
+    """most environment steps of adversary training (the early stop may end it sooner; ~4 min of one core for Hopper)"""
     literature_budget: bool = False
     """train for 5,000,000 steps without the early stop instead of --total-timesteps (a literature-scale budget)"""
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
     """the learning rate of the adversary (actor and critic)"""
     num_envs: int = 8
     """the number of parallel copies of the victim's environment"""
@@ -118,7 +123,7 @@ class Args:
     """the discount factor gamma of the adversary"""
     gae_lambda: float = 0.95
     """the lambda for the general advantage estimation"""
-    num_minibatches: int = 32
+    num_minibatches: int = 4
     """the number of mini-batches"""
     update_epochs: int = 10
     """the K epochs to update the adversary"""
@@ -150,7 +155,7 @@ class Args:
     """early stop: steps per window of training episodes (>= 1 episode each), the adversary saved is that of the best window (0: no stop, the last adversary)"""
     early_stop_patience: int = 2
     """early stop after this many windows whose mean victim return is not below the best earlier one by --early-stop-min-drop"""
-    early_stop_min_drop: float = 0.02
+    early_stop_min_drop: float = 0.05
     """the drop that counts, as a fraction of the first window's mean victim return"""
     eval_at: Tuple[int, ...] = ()
     """training steps at which to evaluate the adversary (mean and sampled, --eval-episodes each): the budget curve"""
@@ -160,7 +165,7 @@ class Args:
     # Hyperparameter scan
     grid: bool = False
     """train one adversary per (learning rate, entropy coef) of the grid and keep the strongest"""
-    grid_learning_rates: Tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    grid_learning_rates: Tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     """learning rates scanned by --grid"""
     grid_ent_coefs: Tuple[float, ...] = (0.0,)
     """entropy coefficients scanned by --grid"""
