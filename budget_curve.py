@@ -24,6 +24,9 @@ import torch  # noqa: E402
 import tyro  # noqa: E402
 
 
+REFERENCE_COLORS = {"natural": "black", "random": "0.6", "critic": "tab:olive", "mad": "tab:purple", "rs": "tab:brown"}
+
+
 @dataclass
 class Args:
     adversaries: tyro.conf.Positional[List[str]]
@@ -59,7 +62,7 @@ def main(args):
                       f"{min(p['mean'], p['sampled']):.0f} | {p['train_cpu_seconds'] / 60:.1f} min |")
         for attack, result in reference_returns(victim_dir).items():
             if attack not in ("sarl", "paad"):
-                ax.axhline(result["mean"], lw=0.8, ls=":", color="k" if attack == "natural" else None, label=attack)
+                ax.axhline(result["mean"], lw=1, ls=":", color=REFERENCE_COLORS.get(attack, "0.5"), label=attack)
         ax.set(title=f"{advs[0]['env_id']}: {name}", xlabel="adversary training steps (M)", ylabel="victim return")
         ax.legend(fontsize=7)
     fig.tight_layout()
