@@ -46,10 +46,11 @@ budget_curve.py plots them).
 Our reconstruction / choices: the actor maximises the projection <mu(s') - mu(s), d/|d|> with sign-gradient
 steps from s' = s (PA-AD's continuous-action actor, as we recall the paper, uses a cosine-similarity-type
 objective; we did not check their code. The projection also rewards a larger move along d, and its gradient
-is well defined at s' = s); PPO as CleanRL's with 2048-step batches, no entropy bonus (the director's
-3-dimensional policy did not need one on the victims of docs/benchmarks.md), lr 1e-3 and 10 epochs x 4
-minibatches of 512 (as in sarl_attack.py: about a quarter of the update cost of 32 x 64); the director sees only s; truncation at the time limit ends the director's episode like a
-termination (CleanRL convention). `--grid` trains len(grid_learning_rates) x len(grid_ent_coefs) settings
+is well defined at s' = s); PPO as CleanRL's with 2048-step batches, no entropy bonus (with SA-RL's 1e-2,
+PA-AD was weaker on the Hopper BARPO victim of docs/benchmarks.md: 2824 against 2360 at 250k steps), lr 1e-3
+and 10 epochs x 4 minibatches of 512 (as in sarl_attack.py: about a quarter of the update cost of 32 x 64);
+the director sees only s; truncation at the time limit ends the director's episode like a termination
+(CleanRL convention). `--grid` trains len(grid_learning_rates) x len(grid_ent_coefs) settings
 (default 3 learning rates x 1 entropy coefficient) with the same budget each, evaluates each director on
 --grid-episodes episodes and keeps the one with the lowest victim return. Published evaluations tune learned
 attackers more extensively per victim (as we understand them: more settings and longer runs); our 3 settings
