@@ -145,8 +145,8 @@ class Args:
     """the maximum norm for the gradient clipping"""
     target_kl: Optional[float] = None
     """the target KL divergence threshold (early stop of the epoch loop)"""
-    init_logstd: float = 0.0
-    """initial value of the adversary's state-independent log-std"""
+    init_logstd: float = -1.0
+    """initial value of the adversary's state-independent log-std (SA-RL: -1, a narrower start than N(0, 1) noise)"""
     hidden_size: int = 64
     """width of the two tanh hidden layers of the adversary's actor and critic"""
 
