@@ -35,6 +35,9 @@ adversary (20 episodes): old defaults 2565 / 2652; lr 1e-3 and 4 minibatches 249
 (1747 / 1922 at 150k); bonus 3e-2 2593 / 2620 (the std explodes and the policy stays noise). With the bonus
 1e-2 the std grows slowly while the mean learns (docs/benchmarks.md has the budget curves: on the 500k-step
 Hopper SPO agent, natural 2480, random 2173, the gradient attacks' worst 1713, SA-RL reaches 915 at 500k steps).
+The adversary starts at log-std -1 (std 0.37) rather than 0: on a victim that noise *helps* (the Hopper BARPO
+agent of docs/benchmarks.md: natural 1535, random 2017) N(0, 1) noise is where the adversary starts and the
+bonus keeps it there (2294 at 500k steps); from std 0.37 it reached 1727.
 
 Budget (docs/benchmarks.md, measured as this process's CPU time, Hopper-v5, 1 thread, 8 sub-envs x 256 steps,
 10 x 4 minibatches): about 0.3 ms per step, so at most 750,000 steps are about 3.5 min of one core (Ant's env
