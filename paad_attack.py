@@ -17,7 +17,7 @@ Pseudocode, one iteration (PPO of the director; the victim and its normaliser ne
                    d ~ director(s);  s' = paad_actor(victim, s, eps, d)     # always inside B_eps(s)
                    env.step(mu_victim(s'));  director reward = -env reward (normalised like PPO's)
     GAE on the director's rewards; 10 epochs x 4 minibatches of the PPO clipped loss on (s, d);
-    every 100k steps: stop if the victim's return has stopped falling (see Budget)
+    with --early-stop-window: stop once the victim's return has stopped falling (see Budget)
 The director's networks are the PPO agent of spo_ppo.py (64-64 tanh actor and critic, state-independent
 log-std) with an action of size act_dim; in the code it is called `adversary` so that
 `diff sarl_attack.py paad_attack.py` shows only the attack (lines tagged `# PA-AD:`). It acts on the
@@ -32,12 +32,13 @@ overwrites it. `python evaluate.py <victim> --attacks paad` then evaluates it wi
 sampled directions, and reports the stronger.
 
 Budget (docs/benchmarks.md, measured as this process's CPU time, Hopper-v5, 1 thread, 8 sub-envs x 256 steps,
-10 x 4 minibatches): about 0.3 ms per step including the 10-step actor at every step, so at most 750,000
-steps are about 4 min of one core (Ant's env steps are ~1.7x slower; wall time is longer when other jobs
+10 x 4 minibatches): about 0.3 ms per step including the 10-step actor at every step, so the default 500,000
+steps are about 2.7 min of one core (Ant's env steps are ~1.7x slower; wall time is longer when other jobs
 share the core). On the 500k-step Hopper SPO agent (natural 2480, random 2173, the gradient attacks' worst
-1713) the victim's return is 934 at 250k steps, 823 at 500k, 799 at 1M. Training stops earlier when the
-victim's mean return over a 100k-step window of training episodes has not fallen by 5 % of the first window's
-for 2 windows (--early-stop-*; 0 turns it off), and the director saved is that of the best window.
+1713) the victim's return is 934 at 250k steps, 823 at 500k, 799 at 1M. `--early-stop-window 100000` stops
+once the victim's mean return over such windows of training episodes has not fallen by --early-stop-min-drop
+(a fraction of the first window's) for --early-stop-patience windows, and saves the director of the best
+window; off by default, as in sarl_attack.py (docs/benchmarks.md).
 The literature trains each adversary longer: `--literature-budget` uses 5,000,000 steps without the early
 stop (the order of magnitude of the published MuJoCo attack budgets as we recall them; we did not verify the
 exact per-environment numbers). `--eval-at` evaluates the director at given steps (budget curves,
@@ -108,8 +109,8 @@ class Args:
     """where TensorBoard logs go (default: runs/{env_id}__{exp_name}__eps{eps}__{seed}__{unix time})"""
 
     # Algorithm specific arguments (the director's PPO)
-    total_timesteps: int = 750000
-    """most environment steps of adversary training (the early stop may end it sooner; ~4 min of one core for Hopper)"""
+    total_timesteps: int = 500000
+    """environment steps of adversary training (~2.7 min of one core for Hopper; --early-stop-window may end it sooner)"""
     literature_budget: bool = False
     """train for 5,000,000 steps without the early stop instead of --total-timesteps (a literature-scale budget)"""
     learning_rate: float = 1e-3
@@ -152,8 +153,8 @@ class Args:
     """PA-AD: step size of the actor (default: epsilon / actor_steps)"""
 
     # Early stop and budget curve
-    early_stop_window: int = 100000
-    """early stop: steps per window of training episodes (>= 1 episode each), the adversary saved is that of the best window (0: no stop, the last adversary)"""
+    early_stop_window: int = 0
+    """early stop: steps per window of training episodes (>= 1 episode each); the adversary saved is that of the best window (0, the default: no early stop)"""
     early_stop_patience: int = 2
     """early stop after this many windows whose mean victim return is not below the best earlier one by --early-stop-min-drop"""
     early_stop_min_drop: float = 0.05

@@ -13,7 +13,7 @@ Pseudocode, one iteration (PPO of the adversary; the victim and its normaliser n
                    a ~ adversary(s);  s' = s + eps * clamp(a, -1, 1)        # always inside B_eps(s)
                    env.step(mu_victim(s'));  adversary reward = -env reward (normalised like PPO's)
     GAE on the adversary's rewards; 10 epochs x 4 minibatches of the PPO clipped loss on (s, a) with an
-    entropy bonus; every 100k steps: stop if the victim's return has stopped falling (see Budget)
+    entropy bonus; with --early-stop-window: stop once the victim's return has stopped falling (see Budget)
 The adversary's own networks are the PPO agent of spo_ppo.py (64-64 tanh actor and critic, state-
 independent log-std) with an action of size obs_dim. It does not normalise its observations: it acts on the
 victim's normalised s. It normalises its rewards (NormalizeReward on -r, clip +-10), as PPO does; those
@@ -40,10 +40,13 @@ agent of docs/benchmarks.md: natural 1535, random 2017) N(0, 1) noise is where t
 bonus keeps it there (2294 at 500k steps); from std 0.37 it reached 1727.
 
 Budget (docs/benchmarks.md, measured as this process's CPU time, Hopper-v5, 1 thread, 8 sub-envs x 256 steps,
-10 x 4 minibatches): about 0.3 ms per step, so at most 750,000 steps are about 3.5 min of one core (Ant's env
-steps are ~1.7x slower; wall time is longer when other jobs share the core). Training stops earlier when the
-victim's mean return over a 100k-step window of training episodes has not fallen by 5 % of the first window's
-for 2 windows (--early-stop-*; 0 turns it off), and the adversary saved is that of the best window.
+10 x 4 minibatches): about 0.3 ms per step, so the default 500,000 steps are about 2.5 min of one core (Ant's
+env steps are ~1.7x slower; wall time is longer when other jobs share the core); on the Hopper SPO and Walker2d
+budget curves the victim's return at 500k was at most the lowest seen up to 1M plus 5 % of the natural return.
+`--early-stop-window 100000` stops once the victim's mean return over such windows of training episodes has not fallen by
+--early-stop-min-drop (a fraction of the first window's) for --early-stop-patience windows, and saves the
+adversary of the best window; it is off by default because it stopped SA-RL at 300k steps on Hopper SPO, on
+the plateau before the return falls (docs/benchmarks.md).
 The literature trains each adversary longer: `--literature-budget` uses 5,000,000 steps without the early
 stop (the order of magnitude of the published MuJoCo attack budgets as we recall them; we did not verify the
 exact per-environment numbers). `--eval-at` evaluates the adversary at given steps (budget curves,
@@ -114,8 +117,8 @@ class Args:
     """where TensorBoard logs go (default: runs/{env_id}__{exp_name}__eps{eps}__{seed}__{unix time})"""
 
     # Algorithm specific arguments (the adversary's PPO)
-    total_timesteps: int = 750000
-    """most environment steps of adversary training (the early stop may end it sooner; ~3.5 min of one core for Hopper)"""
+    total_timesteps: int = 500000
+    """environment steps of adversary training (~2.5 min of one core for Hopper; --early-stop-window may end it sooner)"""
     literature_budget: bool = False
     """train for 5,000,000 steps without the early stop instead of --total-timesteps (a literature-scale budget)"""
     learning_rate: float = 1e-3
@@ -154,8 +157,8 @@ class Args:
     """width of the two tanh hidden layers of the adversary's actor and critic"""
 
     # Early stop and budget curve
-    early_stop_window: int = 100000
-    """early stop: steps per window of training episodes (>= 1 episode each), the adversary saved is that of the best window (0: no stop, the last adversary)"""
+    early_stop_window: int = 0
+    """early stop: steps per window of training episodes (>= 1 episode each); the adversary saved is that of the best window (0, the default: no early stop)"""
     early_stop_patience: int = 2
     """early stop after this many windows whose mean victim return is not below the best earlier one by --early-stop-min-drop"""
     early_stop_min_drop: float = 0.05
