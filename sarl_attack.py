@@ -37,7 +37,8 @@ adversary (20 episodes): old defaults 2565 / 2652; lr 1e-3 and 4 minibatches 249
 Hopper SPO agent, natural 2480, random 2173, the gradient attacks' worst 1713, SA-RL reaches 915 at 500k steps).
 The adversary starts at log-std -1 (std 0.37) rather than 0: on a victim that noise *helps* (the Hopper BARPO
 agent of docs/benchmarks.md: natural 1535, random 2017) N(0, 1) noise is where the adversary starts and the
-bonus keeps it there (2294 at 500k steps); from std 0.37 it reached 1727.
+bonus keeps it there (2294 at 500k steps); from std 0.37 it reached 1727. It costs strength where noise hurts:
+on the Hopper SPO agent 1899 at 500k against 915 from std 1, so for a worst case also run `--init-logstd 0`.
 
 Budget (docs/benchmarks.md, measured as this process's CPU time, Hopper-v5, 1 thread, 8 sub-envs x 256 steps,
 10 x 4 minibatches): about 0.3 ms per step, so the default 500,000 steps are about 2.5 min of one core (Ant's
