@@ -32,10 +32,11 @@ overwrites it. `python evaluate.py <victim> --attacks paad` then evaluates it wi
 sampled directions, and reports the stronger.
 
 Budget (docs/benchmarks.md, measured as this process's CPU time, Hopper-v5, 1 thread, 8 sub-envs x 256 steps,
-10 x 4 minibatches): about 0.3 ms per step including the 10-step actor at every step, so the default 500,000
-steps are about 2.7 min of one core (Ant's env steps are ~1.7x slower; wall time is longer when other jobs
-share the core). On the 500k-step Hopper SPO agent (natural 2480, random 2173, the gradient attacks' worst
-1713) the victim's return is 934 at 250k steps, 823 at 500k, 799 at 1M. `--early-stop-window 100000` stops
+10 x 4 minibatches): about 0.3 ms per step including the 10-step actor at every step, so the default 1,000,000
+steps are about 5 min of one core (Ant's env steps are ~1.7x slower; wall time is longer when other jobs share
+the core). On the 500k-step Hopper SPO agent (natural 2480, random 2173, the gradient attacks' worst 1713) the
+1M run's director gives 934 at 250k steps, 823 at 500k, 799 at 1M; a run with a 500k budget (its learning
+rate annealed to 0 by then) ended at 1758 (docs/benchmarks.md). `--early-stop-window 100000` stops
 once the victim's mean return over such windows of training episodes has not fallen by --early-stop-min-drop
 (a fraction of the first window's) for --early-stop-patience windows, and saves the director of the best
 window; off by default, as in sarl_attack.py (docs/benchmarks.md).
@@ -109,8 +110,8 @@ class Args:
     """where TensorBoard logs go (default: runs/{env_id}__{exp_name}__eps{eps}__{seed}__{unix time})"""
 
     # Algorithm specific arguments (the director's PPO)
-    total_timesteps: int = 500000
-    """environment steps of adversary training (~2.7 min of one core for Hopper; --early-stop-window may end it sooner)"""
+    total_timesteps: int = 1000000
+    """environment steps of adversary training (~5 min of one core for Hopper; --early-stop-window may end it sooner)"""
     literature_budget: bool = False
     """train for 5,000,000 steps without the early stop instead of --total-timesteps (a literature-scale budget)"""
     learning_rate: float = 1e-3

@@ -41,9 +41,10 @@ bonus keeps it there (2294 at 500k steps); from std 0.37 it reached 1727. It cos
 on the Hopper SPO agent 1899 at 500k against 915 from std 1, so for a worst case also run `--init-logstd 0`.
 
 Budget (docs/benchmarks.md, measured as this process's CPU time, Hopper-v5, 1 thread, 8 sub-envs x 256 steps,
-10 x 4 minibatches): about 0.3 ms per step, so the default 500,000 steps are about 2.5 min of one core (Ant's
-env steps are ~1.7x slower; wall time is longer when other jobs share the core); on the Hopper SPO and Walker2d
-budget curves the victim's return at 500k was at most the lowest seen up to 1M plus 5 % of the natural return.
+10 x 4 minibatches): about 0.3 ms per step, so the default 1,000,000 steps are about 5 min of one core (Ant's
+env steps are ~1.7x slower; wall time is longer when other jobs share the core). Shorter budgets are weaker than
+the budget curves suggest: the learning rate anneals to 0 over the budget (PA-AD: a 500k-step run ended at
+1758 on Hopper SPO where the 1M run had 823 at its 500k point; docs/benchmarks.md).
 `--early-stop-window 100000` stops once the victim's mean return over such windows of training episodes has not fallen by
 --early-stop-min-drop (a fraction of the first window's) for --early-stop-patience windows, and saves the
 adversary of the best window; it is off by default because it stopped SA-RL at 300k steps on Hopper SPO, on
@@ -118,8 +119,8 @@ class Args:
     """where TensorBoard logs go (default: runs/{env_id}__{exp_name}__eps{eps}__{seed}__{unix time})"""
 
     # Algorithm specific arguments (the adversary's PPO)
-    total_timesteps: int = 500000
-    """environment steps of adversary training (~2.5 min of one core for Hopper; --early-stop-window may end it sooner)"""
+    total_timesteps: int = 1000000
+    """environment steps of adversary training (~5 min of one core for Hopper; --early-stop-window may end it sooner)"""
     literature_budget: bool = False
     """train for 5,000,000 steps without the early stop instead of --total-timesteps (a literature-scale budget)"""
     learning_rate: float = 1e-3
