@@ -187,7 +187,7 @@ if __name__ == "__main__":
         finally:
             for f in cached:
                 os.replace(os.path.join(rs_dir, f + ".bench"), os.path.join(rs_dir, f))
-        for name in ("sarl", "paad"):  # learned attacks: the evaluation pass only (training them is ~15 min, see README)
+        for name in ("sarl", "paad"):  # learned attacks: the evaluation pass only (training them is ~5 min of one core each for Hopper, see README)
             for f in sorted(os.listdir(rs_dir)):
                 if f.startswith(f"{name}_eps") and f.endswith(".pt"):
                     eps = f[len(name) + 4 : -3]

@@ -16,7 +16,8 @@ Pseudocode, one iteration (PPO of the director; the victim and its normaliser ne
     for num_steps: s = normalised obs (victim's frozen statistics, clipped to +-10)
                    d ~ director(s);  s' = paad_actor(victim, s, eps, d)     # always inside B_eps(s)
                    env.step(mu_victim(s'));  director reward = -env reward (normalised like PPO's)
-    GAE on the director's rewards; 10 epochs x 32 minibatches of the PPO clipped loss on (s, d)
+    GAE on the director's rewards; 10 epochs x 4 minibatches of the PPO clipped loss on (s, d);
+    with --early-stop-window: stop once the victim's return has stopped falling (see Budget)
 The director's networks are the PPO agent of spo_ppo.py (64-64 tanh actor and critic, state-independent
 log-std) with an action of size act_dim; in the code it is called `adversary` so that
 `diff sarl_attack.py paad_attack.py` shows only the attack (lines tagged `# PA-AD:`). It acts on the
@@ -30,21 +31,28 @@ setting's score. It is written to a .tmp file and moved into place only at the e
 overwrites it. `python evaluate.py <victim> --attacks paad` then evaluates it with its mean d and with
 sampled directions, and reports the stronger.
 
-Budget (measured, Hopper-v5, 1 thread, 8 sub-envs x 256 steps, while two other training jobs shared the
-2 cores): about 1,780 steps/s including the 10-step actor at every step and the PPO update (1,470 with 4
-sub-envs: the batched actor is cheaper per state), so the default 1,500,000 steps take ~15 minutes (faster
-on an idle core; about half as fast when 4 processes share the 2 cores; Ant's env steps are ~1.7x slower).
-Fewer steps than sarl_attack.py's 2,000,000: the director searches the (smaller) action space, which is
-PA-AD's efficiency argument. The literature trains each adversary for millions of steps:
-`--literature-budget` uses 5,000,000 (the order of magnitude of the published MuJoCo attack budgets as we
-recall them; we did not verify the exact per-environment numbers).
+Budget (docs/benchmarks.md, measured as this process's CPU time, Hopper-v5, 1 thread, 8 sub-envs x 256 steps,
+10 x 4 minibatches): about 0.3 ms per step including the 10-step actor at every step, so the default 1,000,000
+steps are about 5 min of one core (Ant's env steps are ~1.7x slower; wall time is longer when other jobs share
+the core). On the 500k-step Hopper SPO agent (natural 2480, random 2173, the gradient attacks' worst 1713) the
+1M run's director gives 934 at 250k steps, 823 at 500k, 799 at 1M; a run with a 500k budget (its learning
+rate annealed to 0 by then) ended at 1758 (docs/benchmarks.md). `--early-stop-window 100000` stops
+once the victim's mean return over such windows of training episodes has not fallen by --early-stop-min-drop
+(a fraction of the first window's) for --early-stop-patience windows, and saves the director of the best
+window; off by default, as in sarl_attack.py (docs/benchmarks.md).
+The literature trains each adversary longer: `--literature-budget` uses 5,000,000 steps without the early
+stop (the order of magnitude of the published MuJoCo attack budgets as we recall them; we did not verify the
+exact per-environment numbers). `--eval-at` evaluates the director at given steps (budget curves,
+budget_curve.py plots them).
 
 Our reconstruction / choices: the actor maximises the projection <mu(s') - mu(s), d/|d|> with sign-gradient
 steps from s' = s (PA-AD's continuous-action actor, as we recall the paper, uses a cosine-similarity-type
 objective; we did not check their code. The projection also rewards a larger move along d, and its gradient
-is well defined at s' = s); PPO hyperparameters are CleanRL's defaults (lr 3e-4, 2048-step batches, no
-entropy bonus); the director sees only s; truncation at the time limit ends the director's episode like a
-termination (CleanRL convention). `--grid` trains len(grid_learning_rates) x len(grid_ent_coefs) settings
+is well defined at s' = s); PPO as CleanRL's with 2048-step batches, no entropy bonus (with SA-RL's 1e-2,
+PA-AD was weaker on the Hopper BARPO victim of docs/benchmarks.md: 2824 against 2360 at 250k steps), lr 1e-3
+and 10 epochs x 4 minibatches of 512 (as in sarl_attack.py: about a quarter of the update cost of 32 x 64);
+the director sees only s; truncation at the time limit ends the director's episode like a termination
+(CleanRL convention). `--grid` trains len(grid_learning_rates) x len(grid_ent_coefs) settings
 (default 3 learning rates x 1 entropy coefficient) with the same budget each, evaluates each director on
 --grid-episodes episodes and keeps the one with the lowest victim return. Published evaluations tune learned
 attackers more extensively per victim (as we understand them: more settings and longer runs); our 3 settings
@@ -55,6 +63,7 @@ are a small scan, so the victim returns we report under paad may be higher than 
     python paad_attack.py runs/<run>/agent.pt --grid             # 3 learning rates, keep the strongest
     python evaluate.py runs/<run>/agent.pt --attacks all         # now includes paad
 """
+import copy
 import os
 import platform
 import random
@@ -101,11 +110,11 @@ class Args:
     """where TensorBoard logs go (default: runs/{env_id}__{exp_name}__eps{eps}__{seed}__{unix time})"""
 
     # Algorithm specific arguments (the director's PPO)
-    total_timesteps: int = 1500000
-    """total environment steps of adversary training (default: ~15 min on one core for Hopper)"""
+    total_timesteps: int = 1000000
+    """environment steps of adversary training (~5 min of one core for Hopper; --early-stop-window may end it sooner)"""
     literature_budget: bool = False
-    """train for 5,000,000 steps instead of --total-timesteps (a literature-scale budget)"""
-    learning_rate: float = 3e-4
+    """train for 5,000,000 steps without the early stop instead of --total-timesteps (a literature-scale budget)"""
+    learning_rate: float = 1e-3
     """the learning rate of the adversary (actor and critic)"""
     num_envs: int = 8
     """the number of parallel copies of the victim's environment"""
@@ -117,7 +126,7 @@ class Args:
     """the discount factor gamma of the adversary"""
     gae_lambda: float = 0.95
     """the lambda for the general advantage estimation"""
-    num_minibatches: int = 32
+    num_minibatches: int = 4
     """the number of mini-batches"""
     update_epochs: int = 10
     """the K epochs to update the adversary"""
@@ -144,10 +153,22 @@ class Args:
     actor_step_size: Optional[float] = None
     """PA-AD: step size of the actor (default: epsilon / actor_steps)"""
 
+    # Early stop and budget curve
+    early_stop_window: int = 0
+    """early stop: steps per window of training episodes (>= 1 episode each); the adversary saved is that of the best window (0, the default: no early stop)"""
+    early_stop_patience: int = 2
+    """early stop after this many windows whose mean victim return is not below the best earlier one by --early-stop-min-drop"""
+    early_stop_min_drop: float = 0.05
+    """the drop that counts, as a fraction of the first window's mean victim return"""
+    eval_at: Tuple[int, ...] = ()
+    """training steps at which to evaluate the adversary (mean and sampled, --eval-episodes each): the budget curve"""
+    eval_episodes: int = 50
+    """episodes per evaluation of --eval-at (evaluate.py's seed, so the numbers are evaluate.py's)"""
+
     # Hyperparameter scan
     grid: bool = False
     """train one adversary per (learning rate, entropy coef) of the grid and keep the strongest"""
-    grid_learning_rates: Tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    grid_learning_rates: Tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     """learning rates scanned by --grid"""
     grid_ent_coefs: Tuple[float, ...] = (0.0,)
     """entropy coefficients scanned by --grid"""
@@ -187,15 +208,27 @@ def perturb(victim, obs, eps, adversary_action, args):
     return attacks.paad_actor(victim, obs, eps, adversary_action, steps=args.actor_steps, step_size=args.actor_step_size)
 
 
-def victim_return(victim, victim_ckpt, adversary, eps, args, num_episodes, seed):
-    """Mean victim return over lockstep episodes with the adversary acting deterministically (mean action)."""
+def victim_return(victim, victim_ckpt, adversary, eps, args, num_episodes, seed, sampled=False):
+    """Mean victim return over lockstep episodes, the adversary acting with its mean action (or sampled ones) as
+    evaluate.py does it (torch seeded with `seed`); the caller's random state is left as it was."""
 
     def perturb_batch(x):
         with torch.no_grad():
-            return perturb(victim, x, eps, adversary.actor_mean(x), args)
+            return perturb(victim, x, eps, evaluate.adversary_action(adversary, x, sampled), args)
 
-    returns, _ = evaluate.run_episodes(victim, victim_ckpt["env_id"], victim_ckpt["obs_rms"], num_episodes, perturb_batch, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        returns, _ = evaluate.run_episodes(victim, victim_ckpt["env_id"], victim_ckpt["obs_rms"], num_episodes, perturb_batch, seed=seed)
     return float(returns.mean())
+
+
+def stalled(window_means, patience, min_drop):
+    """Early stop: the last `patience` windows' mean victim returns are none of them `min_drop` (a fraction of
+    the first window's) below the best (lowest) earlier window."""
+    if len(window_means) <= patience:
+        return False
+    best_before = min(window_means[:-patience])
+    return min(window_means[-patience:]) > best_before - min_drop * abs(window_means[0])
 
 
 def train(args, victim, victim_ckpt, eps, run_dir):
@@ -238,6 +271,9 @@ def train(args, victim, victim_ckpt, eps, run_dir):
     next_obs = next_obs.astype(np.float32)
     next_done = np.zeros(args.num_envs, dtype=np.float32)
     recent_returns = []
+    window_start, window_returns, window_means, stop_step, kept = 0, [], [], None, None  # early stop
+    curve, eval_points, eval_seconds, eval_cpu = [], sorted(args.eval_at), 0.0, 0.0  # budget curve
+    cpu_start = time.process_time()  # this process's CPU time: the cost on one core, whatever else shares the machine
 
     for iteration in range(1, args.num_iterations + 1):
         # Annealing the rate if instructed to do so.
@@ -270,6 +306,7 @@ def train(args, victim, victim_ckpt, eps, run_dir):
                         writer.add_scalar("charts/victim_episodic_return", r, global_step)
                         writer.add_scalar("charts/victim_episodic_length", l, global_step)
                         recent_returns = (recent_returns + [float(r)])[-10:]
+                        window_returns.append(float(r))
 
             # bootstrap value if not done
             next_value = adversary.get_value(torch.from_numpy(next_obs)).flatten().numpy()
@@ -353,7 +390,7 @@ def train(args, victim, victim_ckpt, eps, run_dir):
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
-        elapsed = time.time() - start_time
+        elapsed = time.time() - start_time - eval_seconds  # training time, without the budget curve's evaluations
         sps = int(global_step / elapsed)
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
@@ -368,6 +405,30 @@ def train(args, victim, victim_ckpt, eps, run_dir):
         eta = elapsed / iteration * (args.num_iterations - iteration)
         print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} elapsed {hms(elapsed)} ETA {hms(eta)} victim return(last 10) {recent}", flush=True)
 
+        due = [p for p in eval_points if p <= global_step or iteration == args.num_iterations]
+        if due:  # budget curve: evaluate the adversary as it is now
+            t0, c0 = time.time(), time.process_time()
+            point = {"step": global_step, "train_seconds": round(elapsed, 1), "train_cpu_seconds": round(c0 - cpu_start - eval_cpu, 1)}
+            for label in ("mean", "sampled"):
+                point[label] = victim_return(victim, victim_ckpt, adversary, eps, args, args.eval_episodes, evaluate.Args.seed, label == "sampled")
+                writer.add_scalar(f"curve/victim_return_{label}", point[label], global_step)
+            curve.append(point)
+            eval_points = [p for p in eval_points if p not in due]
+            eval_seconds, eval_cpu = eval_seconds + time.time() - t0, eval_cpu + time.process_time() - c0
+            print(f"curve: step {global_step} victim return mean {point['mean']:.1f} sampled {point['sampled']:.1f} ({time.time() - t0:.0f} s)", flush=True)
+
+        if args.early_stop_window and global_step - window_start >= args.early_stop_window and window_returns:
+            window_start, window_means, window_returns = global_step, window_means + [float(np.mean(window_returns))], []
+            if window_means[-1] == min(window_means):  # the strongest adversary so far: the one that is saved
+                kept = (global_step, copy.deepcopy(adversary.state_dict()))
+            if stalled(window_means, args.early_stop_patience, args.early_stop_min_drop):
+                stop_step = global_step
+                print(f"early stop at step {global_step}: victim return per {args.early_stop_window}-step window "
+                      + " ".join(f"{m:.0f}" for m in window_means), flush=True)
+                break
+
+    if kept is not None:
+        adversary.load_state_dict(kept[1])
     reward_rms = []  # the adversary's reward normaliser, one per sub-env (training only; kept for the record)
     for env in envs.envs:
         rms = env.get_wrapper_attr("return_rms")
@@ -375,7 +436,11 @@ def train(args, victim, victim_ckpt, eps, run_dir):
     envs.close()
     writer.close()
     adversary.eval()
-    return adversary, {"global_step": global_step, "reward_rms": reward_rms, "recent_victim_returns": recent_returns}
+    info = {"global_step": global_step, "train_seconds": round(time.time() - start_time - eval_seconds, 1), "reward_rms": reward_rms,
+            "train_cpu_seconds": round(time.process_time() - cpu_start - eval_cpu, 1),
+            "recent_victim_returns": recent_returns, "early_stop_step": stop_step, "window_means": window_means, "curve": curve,
+            "kept_step": kept[0] if kept else global_step}
+    return adversary, info
 
 
 def save_adversary(path, adversary, info, args, eps, victim_ckpt, victim_sha1, grid_results):
@@ -394,6 +459,12 @@ def save_adversary(path, adversary, info, args, eps, victim_ckpt, victim_sha1, g
         "reward_rms": info["reward_rms"],
         "args": vars(args),
         "global_step": info["global_step"],
+        "train_seconds": info["train_seconds"],
+        "train_cpu_seconds": info["train_cpu_seconds"],
+        "early_stop_step": info["early_stop_step"],
+        "early_stop_window_means": info["window_means"],
+        "kept_step": info["kept_step"],
+        "curve": info["curve"],
         "recent_victim_returns": info["recent_victim_returns"],
         "grid": grid_results,
         "versions": {
@@ -416,9 +487,15 @@ def main(args):
     eps = args.epsilon if args.epsilon is not None else evaluate.default_epsilon(victim_ckpt["env_id"])
     args.epsilon = eps
     if args.literature_budget:
-        args.total_timesteps = LITERATURE_TIMESTEPS
-    if args.total_timesteps <= 0 or args.num_steps <= 0 or args.num_envs <= 0 or args.grid_episodes <= 0:
-        raise SystemExit("error: --total-timesteps, --num-steps, --num-envs and --grid-episodes must be positive")
+        args.total_timesteps, args.early_stop_window = LITERATURE_TIMESTEPS, 0
+    positive = ["total_timesteps", "num_steps", "num_envs", "num_minibatches", "update_epochs", "learning_rate", "grid_episodes",
+                "eval_episodes", "early_stop_patience"]
+    if not all(getattr(args, name) > 0 for name in positive):
+        raise SystemExit("error: " + ", ".join("--" + n.replace("_", "-") for n in positive) + " must be positive")
+    if not (args.ent_coef >= 0 and args.early_stop_window >= 0 and args.early_stop_min_drop >= 0):
+        raise SystemExit("error: --ent-coef, --early-stop-window and --early-stop-min-drop must be >= 0")
+    if not all(0 < step <= args.total_timesteps for step in args.eval_at):
+        raise SystemExit(f"error: every --eval-at step must be in (0, --total-timesteps = {args.total_timesteps}], got {list(args.eval_at)}")
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)

@@ -12,7 +12,8 @@ Pseudocode, one iteration (PPO of the adversary; the victim and its normaliser n
     for num_steps: s = normalised obs (victim's frozen statistics, clipped to +-10)
                    a ~ adversary(s);  s' = s + eps * clamp(a, -1, 1)        # always inside B_eps(s)
                    env.step(mu_victim(s'));  adversary reward = -env reward (normalised like PPO's)
-    GAE on the adversary's rewards; 10 epochs x 32 minibatches of the PPO clipped loss on (s, a)
+    GAE on the adversary's rewards; 10 epochs x 4 minibatches of the PPO clipped loss on (s, a) with an
+    entropy bonus; with --early-stop-window: stop once the victim's return has stopped falling (see Budget)
 The adversary's own networks are the PPO agent of spo_ppo.py (64-64 tanh actor and critic, state-
 independent log-std) with an action of size obs_dim. It does not normalise its observations: it acts on the
 victim's normalised s. It normalises its rewards (NormalizeReward on -r, clip +-10), as PPO does; those
@@ -25,27 +26,53 @@ It is written to a .tmp file and moved into place only at the end: a failed run 
 `python evaluate.py <victim> --attacks sarl` then evaluates it with its mean action a and with sampled
 actions, and reports the stronger.
 
-Budget (measured, Hopper-v5, 1 thread, 8 sub-envs x 256 steps, while two other training jobs shared the
-2 cores): about 2,000 steps/s including the PPO update (1,300 with 1 sub-env x 2048 steps), so the default
-2,000,000 steps take ~17 minutes (faster on an idle core; about half as fast when 4 processes share the 2
-cores; Ant's env steps are ~1.7x slower). The literature trains each adversary for millions of steps:
-`--literature-budget` uses 5,000,000 (the order of magnitude of the published MuJoCo attack budgets as we
-recall them; we did not verify the exact per-environment numbers).
+Why an entropy bonus (issue 12): with CleanRL's PPO defaults (lr 3e-4, no entropy bonus) the adversary's
+std shrinks from the start (entropy 15.6 -> 13.6 in 300k steps on a Hopper SPO victim) while the victim's
+training return under it goes *up* (2549 -> 2814 over the first 100k steps): the policy narrows its initial
+N(0, 1) noise before its mean has found a damaging direction (issue 12: after the old 2M-step default, the
+mean adversary was weaker than uniform noise). Measured on that victim (natural 2904, random noise 2598), victim return at 300k steps, mean / sampled
+adversary (20 episodes): old defaults 2565 / 2652; lr 1e-3 and 4 minibatches 2498 / 2636; + entropy bonus 1e-2 2122 / 2109
+(1747 / 1922 at 150k); bonus 3e-2 2593 / 2620 (the std explodes and the policy stays noise). With the bonus
+1e-2 the std grows slowly while the mean learns (docs/benchmarks.md has the budget curves: on the 500k-step
+Hopper SPO agent, natural 2480, random 2173, the gradient attacks' worst 1713, SA-RL reaches 915 at 500k steps).
+The adversary starts at log-std -1 (std 0.37) rather than 0: on a victim that noise *helps* (the Hopper BARPO
+agent of docs/benchmarks.md: natural 1535, random 2017) N(0, 1) noise is where the adversary starts and the
+bonus keeps it there (2294 at 500k steps); from std 0.37 it reached 1727. It costs strength where noise hurts:
+on the Hopper SPO agent 1899 at 500k against 915 from std 1, so for a worst case also run `--init-logstd 0`.
 
-Our reconstruction / choices: PPO hyperparameters are CleanRL's defaults (lr 3e-4, 2048-step batches,
-no entropy bonus); the adversary sees only s (not the victim's action or history); truncation at the time
-limit ends the adversary's episode like a termination (CleanRL convention). `--grid` trains
+Budget (docs/benchmarks.md, measured as this process's CPU time, Hopper-v5, 1 thread, 8 sub-envs x 256 steps,
+10 x 4 minibatches): about 0.3 ms per step, so the default 1,000,000 steps are about 5 min of one core (Ant's
+env steps are ~1.7x slower; wall time is longer when other jobs share the core). Shorter budgets are weaker than
+the budget curves suggest: the learning rate anneals to 0 over the budget (PA-AD: a 500k-step run ended at
+1758 on Hopper SPO where the 1M run had 823 at its 500k point; docs/benchmarks.md).
+`--early-stop-window 100000` stops once the victim's mean return over such windows of training episodes has not fallen by
+--early-stop-min-drop (a fraction of the first window's) for --early-stop-patience windows, and saves the
+adversary of the best window; it is off by default because it stopped SA-RL at 300k steps on Hopper SPO, on
+the plateau before the return falls (docs/benchmarks.md).
+The literature trains each adversary longer: `--literature-budget` uses 5,000,000 steps without the early
+stop (the order of magnitude of the published MuJoCo attack budgets as we recall them; we did not verify the
+exact per-environment numbers). `--eval-at` evaluates the adversary at given steps (budget curves,
+budget_curve.py plots them).
+
+Our reconstruction / choices: PPO as CleanRL's, with lr 1e-3 (the attack scans of ATLA_robust_RL,
+huanzhang12/ATLA_robust_RL configs/attack_atla_lstm_ppo_hopper_scan.py, use adversary learning rates 1e-3 to
+1e-2 and entropy coefficients 0 to 1e-3 over 488 x 2048 steps; our entropy bonus is the summed entropy of the
+obs_dim Gaussian; of the three we tried, 0, 1e-2 and 3e-2, 1e-2 was the strongest; we did not try theirs),
+10 epochs x 4 minibatches of 512 (about a quarter of the update cost of 32 x 64; at lr 1e-3 it learned about
+as fast per step as 32 x 64 at 3e-4 on the victim above); the adversary sees only s (not the victim's action or
+history); the victim acts with its mean action (ATLA samples it during attack training); truncation at the
+time limit ends the adversary's episode like a termination (CleanRL convention). `--grid` trains
 len(grid_learning_rates) x len(grid_ent_coefs) settings (default 3 learning rates x 1 entropy coefficient)
 with the same budget each, evaluates each adversary on --grid-episodes episodes and keeps the one with the
 lowest victim return. SA-RL's authors scanned a considerably larger grid of PPO hyperparameters per victim
-and reported the strongest adversary (as we understand the paper; we did not count their settings); our 3
-settings are a small scan, so the victim returns we report under sarl may be higher than the literature's
-search would give (our attack may be weaker).
+and reported the strongest adversary; our 3 settings are a small scan, so the victim returns we report under
+sarl may be higher than the literature's search would give (our attack may be weaker).
 
     python sarl_attack.py runs/<run>/agent.pt                    # default budget, eps per env
     python sarl_attack.py runs/<run>/agent.pt --grid             # 3 learning rates, keep the strongest
     python evaluate.py runs/<run>/agent.pt --attacks all         # now includes sarl
 """
+import copy
 import os
 import platform
 import random
@@ -92,11 +119,11 @@ class Args:
     """where TensorBoard logs go (default: runs/{env_id}__{exp_name}__eps{eps}__{seed}__{unix time})"""
 
     # Algorithm specific arguments (the adversary's PPO)
-    total_timesteps: int = 2000000
-    """total environment steps of adversary training (default: ~17 min on one contended core for Hopper)"""
+    total_timesteps: int = 1000000
+    """environment steps of adversary training (~5 min of one core for Hopper; --early-stop-window may end it sooner)"""
     literature_budget: bool = False
-    """train for 5,000,000 steps instead of --total-timesteps (a literature-scale budget)"""
-    learning_rate: float = 3e-4
+    """train for 5,000,000 steps without the early stop instead of --total-timesteps (a literature-scale budget)"""
+    learning_rate: float = 1e-3
     """the learning rate of the adversary (actor and critic)"""
     num_envs: int = 8
     """the number of parallel copies of the victim's environment"""
@@ -108,7 +135,7 @@ class Args:
     """the discount factor gamma of the adversary"""
     gae_lambda: float = 0.95
     """the lambda for the general advantage estimation"""
-    num_minibatches: int = 32
+    num_minibatches: int = 4
     """the number of mini-batches"""
     update_epochs: int = 10
     """the K epochs to update the adversary"""
@@ -118,25 +145,37 @@ class Args:
     """the surrogate clipping coefficient"""
     clip_vloss: bool = True
     """toggles whether or not to use a clipped loss for the value function"""
-    ent_coef: float = 0.0
-    """coefficient of the entropy"""
+    ent_coef: float = 1e-2
+    """coefficient of the entropy bonus (SA-RL: without it the adversary's std shrinks before it finds a direction)"""
     vf_coef: float = 0.5
     """coefficient of the value function"""
     max_grad_norm: float = 0.5
     """the maximum norm for the gradient clipping"""
     target_kl: Optional[float] = None
     """the target KL divergence threshold (early stop of the epoch loop)"""
-    init_logstd: float = 0.0
-    """initial value of the adversary's state-independent log-std"""
+    init_logstd: float = -1.0
+    """initial value of the adversary's state-independent log-std (SA-RL: -1, a narrower start than N(0, 1) noise)"""
     hidden_size: int = 64
     """width of the two tanh hidden layers of the adversary's actor and critic"""
+
+    # Early stop and budget curve
+    early_stop_window: int = 0
+    """early stop: steps per window of training episodes (>= 1 episode each); the adversary saved is that of the best window (0, the default: no early stop)"""
+    early_stop_patience: int = 2
+    """early stop after this many windows whose mean victim return is not below the best earlier one by --early-stop-min-drop"""
+    early_stop_min_drop: float = 0.05
+    """the drop that counts, as a fraction of the first window's mean victim return"""
+    eval_at: Tuple[int, ...] = ()
+    """training steps at which to evaluate the adversary (mean and sampled, --eval-episodes each): the budget curve"""
+    eval_episodes: int = 50
+    """episodes per evaluation of --eval-at (evaluate.py's seed, so the numbers are evaluate.py's)"""
 
     # Hyperparameter scan
     grid: bool = False
     """train one adversary per (learning rate, entropy coef) of the grid and keep the strongest"""
-    grid_learning_rates: Tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    grid_learning_rates: Tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     """learning rates scanned by --grid"""
-    grid_ent_coefs: Tuple[float, ...] = (0.0,)
+    grid_ent_coefs: Tuple[float, ...] = (1e-2,)
     """entropy coefficients scanned by --grid"""
     grid_episodes: int = 10
     """deterministic episodes used to score each adversary of the grid (lowest victim return wins)"""
@@ -174,15 +213,27 @@ def perturb(victim, obs, eps, adversary_action, args):
     return attacks.bounded_perturbation(obs, eps, adversary_action)
 
 
-def victim_return(victim, victim_ckpt, adversary, eps, args, num_episodes, seed):
-    """Mean victim return over lockstep episodes with the adversary acting deterministically (mean action)."""
+def victim_return(victim, victim_ckpt, adversary, eps, args, num_episodes, seed, sampled=False):
+    """Mean victim return over lockstep episodes, the adversary acting with its mean action (or sampled ones) as
+    evaluate.py does it (torch seeded with `seed`); the caller's random state is left as it was."""
 
     def perturb_batch(x):
         with torch.no_grad():
-            return perturb(victim, x, eps, adversary.actor_mean(x), args)
+            return perturb(victim, x, eps, evaluate.adversary_action(adversary, x, sampled), args)
 
-    returns, _ = evaluate.run_episodes(victim, victim_ckpt["env_id"], victim_ckpt["obs_rms"], num_episodes, perturb_batch, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        returns, _ = evaluate.run_episodes(victim, victim_ckpt["env_id"], victim_ckpt["obs_rms"], num_episodes, perturb_batch, seed=seed)
     return float(returns.mean())
+
+
+def stalled(window_means, patience, min_drop):
+    """Early stop: the last `patience` windows' mean victim returns are none of them `min_drop` (a fraction of
+    the first window's) below the best (lowest) earlier window."""
+    if len(window_means) <= patience:
+        return False
+    best_before = min(window_means[:-patience])
+    return min(window_means[-patience:]) > best_before - min_drop * abs(window_means[0])
 
 
 def train(args, victim, victim_ckpt, eps, run_dir):
@@ -225,6 +276,9 @@ def train(args, victim, victim_ckpt, eps, run_dir):
     next_obs = next_obs.astype(np.float32)
     next_done = np.zeros(args.num_envs, dtype=np.float32)
     recent_returns = []
+    window_start, window_returns, window_means, stop_step, kept = 0, [], [], None, None  # early stop
+    curve, eval_points, eval_seconds, eval_cpu = [], sorted(args.eval_at), 0.0, 0.0  # budget curve
+    cpu_start = time.process_time()  # this process's CPU time: the cost on one core, whatever else shares the machine
 
     for iteration in range(1, args.num_iterations + 1):
         # Annealing the rate if instructed to do so.
@@ -257,6 +311,7 @@ def train(args, victim, victim_ckpt, eps, run_dir):
                         writer.add_scalar("charts/victim_episodic_return", r, global_step)
                         writer.add_scalar("charts/victim_episodic_length", l, global_step)
                         recent_returns = (recent_returns + [float(r)])[-10:]
+                        window_returns.append(float(r))
 
             # bootstrap value if not done
             next_value = adversary.get_value(torch.from_numpy(next_obs)).flatten().numpy()
@@ -340,7 +395,7 @@ def train(args, victim, victim_ckpt, eps, run_dir):
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
-        elapsed = time.time() - start_time
+        elapsed = time.time() - start_time - eval_seconds  # training time, without the budget curve's evaluations
         sps = int(global_step / elapsed)
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
@@ -355,6 +410,30 @@ def train(args, victim, victim_ckpt, eps, run_dir):
         eta = elapsed / iteration * (args.num_iterations - iteration)
         print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} elapsed {hms(elapsed)} ETA {hms(eta)} victim return(last 10) {recent}", flush=True)
 
+        due = [p for p in eval_points if p <= global_step or iteration == args.num_iterations]
+        if due:  # budget curve: evaluate the adversary as it is now
+            t0, c0 = time.time(), time.process_time()
+            point = {"step": global_step, "train_seconds": round(elapsed, 1), "train_cpu_seconds": round(c0 - cpu_start - eval_cpu, 1)}
+            for label in ("mean", "sampled"):
+                point[label] = victim_return(victim, victim_ckpt, adversary, eps, args, args.eval_episodes, evaluate.Args.seed, label == "sampled")
+                writer.add_scalar(f"curve/victim_return_{label}", point[label], global_step)
+            curve.append(point)
+            eval_points = [p for p in eval_points if p not in due]
+            eval_seconds, eval_cpu = eval_seconds + time.time() - t0, eval_cpu + time.process_time() - c0
+            print(f"curve: step {global_step} victim return mean {point['mean']:.1f} sampled {point['sampled']:.1f} ({time.time() - t0:.0f} s)", flush=True)
+
+        if args.early_stop_window and global_step - window_start >= args.early_stop_window and window_returns:
+            window_start, window_means, window_returns = global_step, window_means + [float(np.mean(window_returns))], []
+            if window_means[-1] == min(window_means):  # the strongest adversary so far: the one that is saved
+                kept = (global_step, copy.deepcopy(adversary.state_dict()))
+            if stalled(window_means, args.early_stop_patience, args.early_stop_min_drop):
+                stop_step = global_step
+                print(f"early stop at step {global_step}: victim return per {args.early_stop_window}-step window "
+                      + " ".join(f"{m:.0f}" for m in window_means), flush=True)
+                break
+
+    if kept is not None:
+        adversary.load_state_dict(kept[1])
     reward_rms = []  # the adversary's reward normaliser, one per sub-env (training only; kept for the record)
     for env in envs.envs:
         rms = env.get_wrapper_attr("return_rms")
@@ -362,7 +441,11 @@ def train(args, victim, victim_ckpt, eps, run_dir):
     envs.close()
     writer.close()
     adversary.eval()
-    return adversary, {"global_step": global_step, "reward_rms": reward_rms, "recent_victim_returns": recent_returns}
+    info = {"global_step": global_step, "train_seconds": round(time.time() - start_time - eval_seconds, 1), "reward_rms": reward_rms,
+            "train_cpu_seconds": round(time.process_time() - cpu_start - eval_cpu, 1),
+            "recent_victim_returns": recent_returns, "early_stop_step": stop_step, "window_means": window_means, "curve": curve,
+            "kept_step": kept[0] if kept else global_step}
+    return adversary, info
 
 
 def save_adversary(path, adversary, info, args, eps, victim_ckpt, victim_sha1, grid_results):
@@ -381,6 +464,12 @@ def save_adversary(path, adversary, info, args, eps, victim_ckpt, victim_sha1, g
         "reward_rms": info["reward_rms"],
         "args": vars(args),
         "global_step": info["global_step"],
+        "train_seconds": info["train_seconds"],
+        "train_cpu_seconds": info["train_cpu_seconds"],
+        "early_stop_step": info["early_stop_step"],
+        "early_stop_window_means": info["window_means"],
+        "kept_step": info["kept_step"],
+        "curve": info["curve"],
         "recent_victim_returns": info["recent_victim_returns"],
         "grid": grid_results,
         "versions": {
@@ -403,9 +492,15 @@ def main(args):
     eps = args.epsilon if args.epsilon is not None else evaluate.default_epsilon(victim_ckpt["env_id"])
     args.epsilon = eps
     if args.literature_budget:
-        args.total_timesteps = LITERATURE_TIMESTEPS
-    if args.total_timesteps <= 0 or args.num_steps <= 0 or args.num_envs <= 0 or args.grid_episodes <= 0:
-        raise SystemExit("error: --total-timesteps, --num-steps, --num-envs and --grid-episodes must be positive")
+        args.total_timesteps, args.early_stop_window = LITERATURE_TIMESTEPS, 0
+    positive = ["total_timesteps", "num_steps", "num_envs", "num_minibatches", "update_epochs", "learning_rate", "grid_episodes",
+                "eval_episodes", "early_stop_patience"]
+    if not all(getattr(args, name) > 0 for name in positive):
+        raise SystemExit("error: " + ", ".join("--" + n.replace("_", "-") for n in positive) + " must be positive")
+    if not (args.ent_coef >= 0 and args.early_stop_window >= 0 and args.early_stop_min_drop >= 0):
+        raise SystemExit("error: --ent-coef, --early-stop-window and --early-stop-min-drop must be >= 0")
+    if not all(0 < step <= args.total_timesteps for step in args.eval_at):
+        raise SystemExit(f"error: every --eval-at step must be in (0, --total-timesteps = {args.total_timesteps}], got {list(args.eval_at)}")
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)

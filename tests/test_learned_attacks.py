@@ -213,3 +213,73 @@ def test_nan_loss_is_one_line_error_and_keeps_the_existing_adversary(name, tiny_
     assert_one_line_error(proc, "non-finite")
     assert existing.read_bytes() == b"an earlier adversary"
     assert not list(victim.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("name", ["sarl", "paad"])
+def test_budget_flags_out_of_range_are_one_line_errors(name, tiny_spo_checkpoint, tmp_path):
+    victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
+    bad = [
+        (["--total-timesteps", "0"], "--total-timesteps"),
+        (["--num-minibatches", "0"], "--num-minibatches"),
+        (["--update-epochs", "0"], "--update-epochs"),
+        (["--learning-rate", "0"], "--learning-rate"),
+        (["--ent-coef", "-0.01"], "--ent-coef"),
+        (["--early-stop-window", "-1"], "--early-stop-window"),
+        (["--early-stop-patience", "0"], "--early-stop-patience"),
+        (["--eval-episodes", "0"], "--eval-episodes"),
+        (["--eval-at", "64", "129"], "--eval-at"),  # beyond --total-timesteps 128
+        (["--eval-at", "0"], "--eval-at"),
+    ]
+    for flags, fragment in bad:
+        proc = run_script(SCRIPTS[name], victim, *TINY_ADV, *flags, check=False)
+        assert_one_line_error(proc, fragment)
+    assert not list(victim.parent.glob(f"{name}_*"))  # nothing written
+
+
+def test_stalled_needs_patience_windows_without_a_real_drop():
+    assert not sarl_attack.stalled([1000, 900], patience=2, min_drop=0.02)  # not enough windows yet
+    assert not sarl_attack.stalled([1000, 900, 800], patience=1, min_drop=0.02)  # still falling
+    assert sarl_attack.stalled([1000, 900, 895], patience=1, min_drop=0.02)  # 5 < 2 % of 1000
+    assert not sarl_attack.stalled([1000, 900, 950, 870], patience=2, min_drop=0.02)  # the last window fell 30
+    assert sarl_attack.stalled([1000, 900, 950, 890], patience=2, min_drop=0.02)
+    assert sarl_attack.stalled([1000, 900, 950, 890], patience=2, min_drop=0.0) is False  # any drop counts at 0
+
+
+@pytest.mark.parametrize("name", ["sarl", "paad"])
+def test_early_stop_stops_and_records_where(name, tiny_spo_checkpoint, tmp_path):
+    victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
+    # a drop of 1e9 x the first window never counts: the run stops after patience + 1 windows of >= 128 steps
+    proc = run_script(SCRIPTS[name], victim, *TINY_ADV, "--total-timesteps", "1280", "--early-stop-window", "128",
+                      "--early-stop-patience", "1", "--early-stop-min-drop", "1e9", "--run-dir", tmp_path / "tb")
+    adv = torch.load(victim.parent / f"{name}_eps0.075.pt", weights_only=True)
+    assert adv["early_stop_step"] == adv["global_step"] == 256 and len(adv["early_stop_window_means"]) == 2
+    assert "early stop at step 256" in proc.stdout
+    means = adv["early_stop_window_means"]  # the adversary saved is the one of the window with the lowest victim return
+    assert adv["kept_step"] == 128 * (1 + means.index(min(means)))
+    # without the early stop (window 0) the same flags train the whole budget
+    run_script(SCRIPTS[name], victim, *TINY_ADV, "--total-timesteps", "1280", "--early-stop-window", "0",
+               "--early-stop-patience", "1", "--early-stop-min-drop", "1e9", "--run-dir", tmp_path / "tb0")
+    adv = torch.load(victim.parent / f"{name}_eps0.075.pt", weights_only=True)
+    assert adv["early_stop_step"] is None and adv["global_step"] == adv["kept_step"] == 1280
+
+
+@pytest.mark.parametrize("name", ["sarl", "paad"])
+def test_budget_curve_is_evaluate_py_and_does_not_change_training(name, tiny_spo_checkpoint, tmp_path):
+    victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
+    flags = [*TINY_ADV, "--total-timesteps", "384", "--early-stop-window", "0"]
+    run_script(SCRIPTS[name], victim, *flags, "--output", tmp_path / "plain.pt", "--run-dir", tmp_path / "tb0")
+    proc = run_script(SCRIPTS[name], victim, *flags, "--eval-at", "100", "384", "--eval-episodes", "3", "--run-dir", tmp_path / "tb")
+    adv = torch.load(victim.parent / f"{name}_eps0.075.pt", weights_only=True)
+    plain = torch.load(tmp_path / "plain.pt", weights_only=True)
+    for key, value in plain["adversary"].items():  # the evaluations leave the training's random streams alone
+        assert torch.equal(value, adv["adversary"][key]), key
+    assert [p["step"] for p in adv["curve"]] == [128, 384] and sum(l.startswith("curve: step") for l in proc.stdout.splitlines()) == 2
+    scalars = read_scalars(str(tmp_path / "tb"))
+    assert [s for s, _ in scalars["curve/victim_return_mean"]] == [128, 384]
+    # the last point is what evaluate.py reports for the saved adversary with as many episodes
+    out = tmp_path / "eval.json"
+    proc = run_script("evaluate.py", victim, "--attacks", name, "--num-episodes", "3", "--output", out)
+    last = adv["curve"][-1]
+    for label in ("mean", "sampled"):
+        line = next(l for l in proc.stdout.splitlines() if l.startswith(f"  {name} ({label})"))
+        assert float(line.split()[-1]) == pytest.approx(last[label], abs=0.05), line
