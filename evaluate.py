@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint of spo_ppo.py / arpo_ppo.py / barpo_ppo.py: natural return and return under attacks.
+"""Evaluate a checkpoint of any training script (spo, arpo, barpo, sappo, radial, wocar): natural return and return under attacks.
 
     python evaluate.py runs/<run>/agent.pt                       # natural, 50 deterministic episodes
     python evaluate.py runs/<run>/agent.pt --attacks all         # natural + every attack, worst case
@@ -23,7 +23,7 @@ checkpoint by sarl_attack.py / paad_attack.py and saved next to it as sarl_eps<e
 evaluated twice, with its mean action (as the literature does) and with actions sampled from its policy
 (the stochastic policy it was trained as), and the stronger is reported. `--attacks all` includes them
 when present and prints the command that trains a missing one; `--train-learned` trains the missing ones
-first (default budgets, about 17 and 15 min each on one core for Hopper; TensorBoard logs next to the
+first (default budgets: 1M steps, about 5 min each of one core for Hopper; TensorBoard logs next to the
 checkpoint in <attack>_eps<eps>_tb/).
 """
 import hashlib
