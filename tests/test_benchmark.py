@@ -166,3 +166,46 @@ def test_write_section_replaces_only_its_own_markers(tmp_path):
     with pytest.raises(SystemExit, match="once each"):
         write_section(str(path), "a", "third")
     assert path.read_text() == before
+
+
+def test_paper_claims_and_kappa_study_are_decided_by_the_intervals(tmp_path):
+    root = tmp_path / "sweep"
+    for seed in (1, 2, 3):
+        write_eval(root, "Hopper-v5", "barpo_k1", seed, 3000, {"mad": 1000 + 100 * seed})
+        write_eval(root, "Hopper-v5", "sappo", seed, 3000, {"mad": 500 + 10 * seed})  # every seed below BARPO's; IQM 1200 vs 520
+        write_eval(root, "Hopper-v5", "arpo", seed, 1000 * seed, {"mad": 600 * seed})
+        write_eval(root, "Hopper-v5", "barpo_k0", seed, 1000 * seed + 500, {"mad": 600 * seed + 50})  # interleaved with ARPO
+        write_eval(root, "Hopper-v5", "barpo_k0.5", seed, 2000, {"mad": 900})
+    write_eval(root, "Hopper-v5", "arpo_k1", 1, 3000, {"mad": 200})  # one seed: decides nothing
+    out = tmp_path / "results.md"
+
+    def claim(text, start):
+        return next(l for l in text.splitlines() if l.startswith(f"| {start}")).strip("| ").split(" | ")
+
+    run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
+    text = out.read_text()
+    row = claim(text, "BARPO has the best worst case of all baselines (sappo)")
+    assert row[2:] == ["+4% over wocar", "+131% over sappo (our best)", "1.00 [1.00, 1.00]", "holds"]
+    assert claim(text, "BARPO w/o guidance beats ARPO, natural")[-1] == "cannot tell"  # 3 vs 3, interleaved
+    assert claim(text, "BARPO beats ARPO, both guided")[-1] == "cannot tell (seeds 3 vs 1)"
+    # a baseline whose every seed beats BARPO reverses the claim
+    for seed in (1, 2, 3):
+        write_eval(root, "Hopper-v5", "radial", seed, 3000, {"mad": 5000 + seed})
+    run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
+    text = out.read_text()
+    row = claim(text, "BARPO has the best worst case of all baselines (sappo, radial)")
+    assert row[3].endswith("over radial (our best)") and row[-1] == "does not hold"
+    # three guidance weights: the kappa table and its figure
+    kappa = text.split("### Hopper-v5: BARPO's guidance weight κ")[1]
+    assert "| 0 | 3 |" in kappa and "| 0.5 | 3 | 2000 [2000, 2000] | 900 [900, 900] |" in kappa and "| 1 | 3 |" in kappa
+    assert (tmp_path / "fig" / "results_sweep_Hopper-v5_kappa.png").stat().st_size > 10_000
+
+
+def test_status_shows_done_and_left(tmp_path):
+    results = tmp_path / "results"
+    write_eval(results / "none", "Hopper-v5", "spo", 1, 1000, {"random": 900})
+    write_eval(results / "none", "Hopper-v5", "spo", 2, 1000, {"random": 900, "sarl": 100, "paad": 200})
+    out = run_script("benchmark.py", "status", "--algos", "spo", "arpo", "--seeds", "1", "2", "--preset", "none",
+                     "--root", tmp_path / "sweep", "--results", results).stdout
+    assert re.search(r"Hopper-v5/spo\s+eval\s+done", out) and re.search(r"Hopper-v5/arpo\s+-\s+-", out)
+    assert "1 of 4 done; left: 3 runs" in out
