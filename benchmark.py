@@ -105,6 +105,8 @@ KAPPA_STUDY = {"barpo_k0": 0.0, "barpo_k0.25": 0.25, "barpo_k0.5": 0.5, "barpo_k
 # Hopper-v5, 500k steps; the baselines from their bench.py ratios to spo): what `status` estimates with
 RUN_MINUTES = {"spo": 10, "arpo": 9, "arpo_k1": 10, "barpo": 18, "sappo": 14, "sappo_convex": 14, "radial": 12, "wocar": 26}
 LEARNED_MINUTES = 13  # both learned adversaries (1M steps each) and the evaluation with all six attacks
+# time per environment step relative to Hopper-v5 (spo_ppo.py, 20480 steps each, back to back, measured 2026-12-03)
+ENV_TIME_FACTOR = {"Hopper": 1.0, "Walker2d": 1.0, "HalfCheetah": 1.03, "Ant": 1.86}
 
 
 @dataclass
@@ -343,11 +345,12 @@ def job_state(job, args):
     """(short label, minutes of work left) of one job: done / eval (no learned attacks yet) / trained / NN% / -."""
     import torch
 
-    algo = job["name"].split("/")[1]
-    scale = (PRESET_STEPS[args.preset].get(env_family(job["name"].split("/")[0]), PRESET_STEPS[args.preset]["default"])
-             if args.preset != "none" else (args.total_timesteps or 500_000)) / 500_000
-    train = RUN_MINUTES.get(algo, RUN_MINUTES.get(algo.split("_k")[0], 20)) * scale
-    learned = LEARNED_MINUTES if args.learned and args.attacks == "all" else 0
+    family, algo = env_family(job["name"].split("/")[0]), job["name"].split("/")[1]
+    steps = args.total_timesteps or (PRESET_STEPS[args.preset].get(family, PRESET_STEPS[args.preset]["default"])
+                                     if args.preset != "none" else 500_000)
+    factor = ENV_TIME_FACTOR.get(family, 1.0)
+    train = RUN_MINUTES.get(algo, RUN_MINUTES.get(algo.split("_k")[0], 20)) * steps / 500_000 * factor
+    learned = LEARNED_MINUTES * factor if args.learned and args.attacks == "all" else 0
     if is_complete(job, args):
         return "done", 0
     if os.path.isfile(os.path.join(job["out_dir"], "eval.json")):
