@@ -264,13 +264,14 @@ def run_job(job):
 def emit_slurm(args, jobs):
     os.makedirs(args.root, exist_ok=True)
     path = os.path.join(args.root, "sweep.slurm")
-    argv, skip = [], False  # this command line without --emit, quoted for the shell
+    # this command line without --emit, and with --root / --results made absolute (the tasks run in the repo)
+    argv, skip, pinned = [], False, ("--emit", "--root", "--results")
     for a in sys.argv[1:]:
-        if skip or a.startswith("--emit"):
-            skip = a == "--emit"
+        if skip or a.split("=")[0] in pinned:
+            skip = not skip and a in pinned  # the flag's value follows as the next argument
             continue
         argv.append(a)
-    argv += ["--root", os.path.abspath(args.root)]  # the tasks run in the repo: pin the root (the last --root wins)
+    argv += ["--root", os.path.abspath(args.root), "--results", os.path.abspath(args.results)]
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name=barpo-sweep",

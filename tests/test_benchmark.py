@@ -57,10 +57,14 @@ def test_sweep_resumes_a_killed_run_then_skips_it(tmp_path):
 def test_emit_slurm_writes_a_valid_array_script(emit, tmp_path):
     root = tmp_path / "sweep"
     run_script("benchmark.py", "run", "--root", root, "--algos", "spo", "barpo_k1", "--envs", "Hopper-v5", "Walker2d-v5",
-               "--seeds", "1", "2", "3", "--extra=--inner-steps 5", *emit)
+               "--seeds", "1", "2", "3", "--extra=--inner-steps 5", "--results=my_results", *emit)
     script = (root / "sweep.slurm").read_text()
     assert "#SBATCH --array=0-11" in script  # 2 algos x 2 envs x 3 seeds
     assert "--only-index $SLURM_ARRAY_TASK_ID" in script and "--emit" not in script
+    task = [l for l in script.splitlines() if "--only-index" in l][0]
+    # the tasks run in the repo: the sweep's directories are pinned as absolute paths, each once
+    assert task.count("--root") == 1 and f"--root {root}" in task
+    assert task.count("--results") == 1 and f"--results {os.path.join(REPO, 'my_results')}" in task
     assert subprocess.run(["bash", "-n", str(root / "sweep.slurm")]).returncode == 0
     # what an array task would run parses, keeps --extra as one argument, and is the same sweep
     task_cmd = [l for l in script.splitlines() if "--only-index" in l][0].replace("$SLURM_ARRAY_TASK_ID", "11").replace("${PYTHON:-python}", sys.executable)
