@@ -26,10 +26,10 @@ It is written to a .tmp file and moved into place only at the end: a failed run 
 `python evaluate.py <victim> --attacks sarl` then evaluates it with its mean action a and with sampled
 actions, and reports the stronger.
 
-Why an entropy bonus (issue 12): with CleanRL's PPO defaults (lr 3e-4, no entropy bonus) the adversary's
+Why an entropy bonus: with CleanRL's PPO defaults (lr 3e-4, no entropy bonus) the adversary's
 std shrinks from the start (entropy 15.6 -> 13.6 in 300k steps on a Hopper SPO victim) while the victim's
 training return under it goes *up* (2549 -> 2814 over the first 100k steps): the policy narrows its initial
-N(0, 1) noise before its mean has found a damaging direction (issue 12: after the old 2M-step default, the
+N(0, 1) noise before its mean has found a damaging direction (after the old 2M-step default, the
 mean adversary was weaker than uniform noise). Measured on that victim (natural 2904, random noise 2598), victim return at 300k steps, mean / sampled
 adversary (20 episodes): old defaults 2565 / 2652; lr 1e-3 and 4 minibatches 2498 / 2636; + entropy bonus 1e-2 2122 / 2109
 (1747 / 1922 at 150k); bonus 3e-2 2593 / 2620 (the std explodes and the policy stays noise). With the bonus
