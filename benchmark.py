@@ -100,6 +100,9 @@ PAPER_BEST_BASELINE = {"Hopper": ("wocar", 3629, 1171, 4), "Walker2d": ("sappo",
 # Table 3: BARPO vs ARPO, both with guidance: worst case, in % (no Walker2d number in the text we worked from)
 PAPER_K1_VS_ARPO_K1 = {"Hopper": 19, "HalfCheetah": 193, "Ant": 138}
 BASELINES = ["sappo", "sappo_convex", "radial", "wocar"]
+# names that stand for several algorithms in --algos
+ALGO_GROUPS = {"comparison": ["spo", "sappo", "radial", "wocar", "arpo", "arpo_k1", "barpo_k0", "barpo_k1"],
+               "kappa": ["barpo_k0", "barpo_k0.25", "barpo_k0.5", "barpo_k1", "barpo_k2"]}
 KAPPA_STUDY = {"barpo_k0": 0.0, "barpo_k0.25": 0.25, "barpo_k0.5": 0.5, "barpo_k1": 1.0, "barpo_k2": 2.0}
 # minutes per quick-preset run on one core of the 2-core machine with the other core busy (measured 2026-12,
 # Hopper-v5, 500k steps; the baselines from their bench.py ratios to spo): what `status` estimates with
@@ -114,7 +117,9 @@ class Run:
     """Run (or emit) the sweep."""
 
     algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
-    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex, wocar, radial)"""
+    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex, wocar, radial, barpo_k0.25, barpo_k0.5,
+    barpo_k2), or a group: comparison (the paper's table: spo sappo radial wocar arpo arpo_k1 barpo_k0 barpo_k1), kappa (BARPO at
+    kappa 0, 0.25, 0.5, 1, 2)"""
     envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
     """environment ids"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
@@ -174,9 +179,10 @@ def env_family(env_id):
 
 def jobs_of(args):
     """The sweep as a list of jobs, in a fixed order (the SLURM array index is the position here)."""
+    args.algos = list(dict.fromkeys(a for name in args.algos for a in ALGO_GROUPS.get(name, [name])))
     unknown = [a for a in args.algos if a not in ALGOS]
     if unknown:
-        raise SystemExit(f"error: unknown algorithm(s) {unknown}; choose from {sorted(ALGOS)}")
+        raise SystemExit(f"error: unknown algorithm(s) {unknown}; choose from {sorted(ALGOS)} or a group {sorted(ALGO_GROUPS)}")
     jobs, root = [], os.path.abspath(args.root)  # absolute: the scripts run with the repo as working directory
     for env_id in args.envs:
         family = env_family(env_id)

@@ -224,3 +224,7 @@ def test_status_shows_done_and_left(tmp_path):
                      "--root", tmp_path / "sweep", "--results", results).stdout
     assert re.search(r"Hopper-v5/spo\s+eval\s+done", out) and re.search(r"Hopper-v5/arpo\s+-\s+-", out)
     assert "1 of 4 done; left: 3 runs" in out
+    kappa = run_script("benchmark.py", "status", "--algos", "kappa", "spo", "--seeds", "1", "--preset", "none",
+                       "--root", tmp_path / "sweep", "--results", results).stdout
+    rows = [l.split()[0] for l in kappa.splitlines() if l.startswith("Hopper-v5/")]
+    assert rows == [f"Hopper-v5/{a}" for a in ("barpo_k0", "barpo_k0.25", "barpo_k0.5", "barpo_k1", "barpo_k2", "spo")]
