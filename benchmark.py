@@ -107,7 +107,8 @@ KAPPA_STUDY = {"barpo_k0": 0.0, "barpo_k0.25": 0.25, "barpo_k0.5": 0.5, "barpo_k
 # minutes per quick-preset run on one core of the 2-core machine with the other core busy (measured 2026-12,
 # Hopper-v5, 500k steps; the baselines from their bench.py ratios to spo): what `status` estimates with
 RUN_MINUTES = {"spo": 10, "arpo": 9, "arpo_k1": 10, "barpo": 18, "sappo": 14, "sappo_convex": 14, "radial": 12, "wocar": 26}
-LEARNED_MINUTES = 13  # both learned adversaries (1M steps each) and the evaluation with all six attacks
+EVAL_MINUTES = 2  # the evaluation with the gradient attacks and one Robust Sarsa model (--no-learned)
+LEARNED_MINUTES = 13  # instead: both learned adversaries (1M steps each) and the evaluation with all six attacks
 # time per environment step relative to Hopper-v5 (spo_ppo.py, 20480 steps each, back to back, measured 2026-12-03)
 ENV_TIME_FACTOR = {"Hopper": 1.0, "Walker2d": 1.0, "HalfCheetah": 1.03, "Ant": 1.86}
 
@@ -177,9 +178,14 @@ def env_family(env_id):
     return env_id.split("-")[0]
 
 
+def expand_algos(args):
+    """Replace the group names in args.algos (comparison, kappa) by their algorithms, keeping the order."""
+    args.algos = list(dict.fromkeys(a for name in args.algos for a in ALGO_GROUPS.get(name, [name])))
+    return args
+
+
 def jobs_of(args):
     """The sweep as a list of jobs, in a fixed order (the SLURM array index is the position here)."""
-    args.algos = list(dict.fromkeys(a for name in args.algos for a in ALGO_GROUPS.get(name, [name])))
     unknown = [a for a in args.algos if a not in ALGOS]
     if unknown:
         raise SystemExit(f"error: unknown algorithm(s) {unknown}; choose from {sorted(ALGOS)} or a group {sorted(ALGO_GROUPS)}")
@@ -349,27 +355,29 @@ def run(args: Run):
 
 
 def job_state(job, args):
-    """(short label, minutes of work left) of one job: done / eval (no learned attacks yet) / trained / NN% / -."""
+    """(short label, minutes of work left) of one job: done / eval (no learned attacks yet) / trained / NN% / other / -."""
     import torch
 
     family, algo = env_family(job["name"].split("/")[0]), job["name"].split("/")[1]
     steps = args.total_timesteps or (PRESET_STEPS[args.preset].get(family, PRESET_STEPS[args.preset]["default"])
-                                     if args.preset != "none" else 500_000)
+                                     if args.preset != "none" else 1_000_000)  # the training scripts' default
     factor = ENV_TIME_FACTOR.get(family, 1.0)
     train = RUN_MINUTES.get(algo, RUN_MINUTES.get(algo.split("_k")[0], 20)) * steps / 500_000 * factor
-    learned = LEARNED_MINUTES * factor if args.learned and args.attacks == "all" else 0
+    evaluate = (LEARNED_MINUTES if args.learned and args.attacks == "all" else EVAL_MINUTES) * factor
     if is_complete(job, args):
         return "done", 0
     if os.path.isfile(os.path.join(job["out_dir"], "eval.json")):
-        return "eval", learned
+        return "eval", evaluate
     if os.path.isfile(os.path.join(job["out_dir"], "agent.pt")):
-        return "trained", learned + 2
+        return "trained", evaluate
     try:
         ckpt = torch.load(os.path.join(job["run_dir"], "agent.pt"), map_location="cpu", weights_only=True)
-        done = ckpt["iteration"] / ckpt["args"]["num_iterations"]
-        return f"{100 * done:.0f}%", train * (1 - done) + learned + 2
-    except (OSError, RuntimeError, KeyError, EOFError):
-        return "-", train + learned + 2
+    except (OSError, RuntimeError, EOFError):
+        return "-", train + evaluate
+    if ckpt.get("args", {}).get("total_timesteps") != steps:  # the run directory holds another preset's run
+        return "other", train + evaluate
+    done = ckpt["iteration"] / ckpt["args"]["num_iterations"]
+    return f"{100 * done:.0f}%", train * (1 - done) + evaluate
 
 
 def status(args: Status):
@@ -384,9 +392,9 @@ def status(args: Status):
     left = [m for _, m in states.values() if m > 0]
     print(f"done = evaluated with every attack{' incl. the learned ones' if args.learned and args.attacks == 'all' else ''}; "
           "eval = evaluated without the learned attacks; trained = exported, not evaluated; NN% = training under "
-          f"{args.root}; - = not started")
+          f"{args.root}; other = {args.root} holds a run with another budget (run would refuse to resume it); - = not started")
     print(f"{len(jobs) - len(left)} of {len(jobs)} done; left: {len(left)} runs, about {sum(left) / 60:.1f} core-hours "
-          "(estimate from the minutes measured per algorithm, RUN_MINUTES and LEARNED_MINUTES in benchmark.py)")
+          "(estimate from the minutes measured per quick-preset run, RUN_MINUTES, EVAL_MINUTES and LEARNED_MINUTES in benchmark.py)")
 
 
 def agent_problem(seed_dir):
@@ -504,27 +512,34 @@ def verdict(estimate, n=(MIN_SEEDS_FOR_VERDICT,) * 2):
     return "holds" if estimate[1] > 0.5 else "does not hold" if estimate[2] < 0.5 else "cannot tell"
 
 
+def attacked(runs):
+    """The runs that faced at least one attack (a natural-only evaluation has no worst case)."""
+    return [r for r in runs if set(r["results"]) - {"natural"}]
+
+
+def common_attacks(by_algo, algos):
+    """The attacks evaluated on every attacked run of these algorithms. Worst cases are compared only over the
+    same attacks, so that a run that faced the learned adversaries is not compared with one that did not."""
+    sets = [set(r["results"]) - {"natural"} for a in algos for r in attacked(by_algo.get(a, []))]
+    return set.intersection(*sets) if sets else set()
+
+
+def worst_over(runs, attacks):
+    """Each attacked run's lowest mean return over `attacks` (which every one of them faced)."""
+    return [min(r["results"][a]["mean"] for a in attacks) for r in attacked(runs)] if attacks else []
+
+
+def attack_names(attacks):
+    from evaluate import ATTACKS
+
+    return "all six" if set(ATTACKS) <= set(attacks) else ", ".join(a for a in ATTACKS if a in attacks) or "none in common"
+
+
 def paper_claims(results, reps):
     """The paper's comparative claims, one line each per task, decided by the probability of improvement."""
-    def common(by_algo, algos):
-        """The attacks evaluated on every run of these algorithms: a worst case compares only over the same set."""
-        sets = [set(r["results"]) - {"natural"} for a in algos for r in by_algo.get(a, [])]
-        return set.intersection(*sets) if sets else set()
-
-    def scores(by_algo, algo, key, attacks=()):
-        runs = by_algo.get(algo, [])
-        if key == "natural":
-            return [r["results"]["natural"]["mean"] for r in runs]
-        return [min(r["results"][a]["mean"] for a in attacks) for r in runs] if attacks else []
-
-    def over(attacks):
-        from evaluate import ATTACKS
-
-        return "all six" if set(ATTACKS) <= attacks else ", ".join(a for a in ATTACKS if a in attacks) or "–"
+    from rliable import metrics
 
     def relative(x, y):
-        from rliable import metrics
-
         if not (x and y):
             return "–"
         a, b = metrics.aggregate_iqm(np.asarray(x, float)), metrics.aggregate_iqm(np.asarray(y, float))
@@ -533,47 +548,61 @@ def paper_claims(results, reps):
     def p_cell(estimate):
         return f"{estimate[0]:.2f} [{estimate[1]:.2f}, {estimate[2]:.2f}]" if estimate else "–"
 
+    def compare(by_algo, x, y, key):
+        """(scores of x, scores of y, attacks compared over, P(x better) or None) for natural or worst-case return."""
+        if key == "natural":
+            attacks = None
+            xs, ys = ([r["results"]["natural"]["mean"] for r in by_algo.get(a, [])] for a in (x, y))
+        else:
+            attacks = common_attacks(by_algo, [x, y])
+            xs, ys = worst_over(by_algo.get(x, []), attacks), worst_over(by_algo.get(y, []), attacks)
+        poi = probability_of_improvement(xs, {y: ys}, reps).get(y) if xs and ys else None
+        return xs, ys, attacks, poi
+
+    def judged(by_algo, x, y, poi, xs, ys):
+        if by_algo.get(x) and by_algo.get(y) and not (xs and ys):
+            return "no attack in common"
+        return verdict(poi, (len(xs), len(ys)))
+
     rows = []
     for env_id, by_algo in results.items():
         family = env_family(env_id)
         present = [b for b in BASELINES if by_algo.get(b)]
-        attacks = common(by_algo, ["barpo_k1"] + present)
-        k1_worst = scores(by_algo, "barpo_k1", "worst", attacks)
         if family in PAPER_BEST_BASELINE:
             paper_algo, _, _, paper_gain = PAPER_BEST_BASELINE[family]
-            if present and k1_worst:
-                from rliable import metrics
-
-                worst = {b: scores(by_algo, b, "worst", attacks) for b in present}
-                best = max(present, key=lambda b: metrics.aggregate_iqm(np.asarray(worst[b], float)))
-                poi = probability_of_improvement(k1_worst, worst, reps)
-                verdicts = [verdict(poi.get(b), (len(k1_worst), len(worst[b]))) for b in present]
+            pairs = {b: compare(by_algo, "barpo_k1", b, "worst") for b in present}  # each pair over its own common attacks
+            scored = {b: pair for b, pair in pairs.items() if pair[0] and pair[1]}
+            if by_algo.get("barpo_k1") and scored:
+                best = max(scored, key=lambda b: metrics.aggregate_iqm(np.asarray(scored[b][1], float)))
+                verdicts = [judged(by_algo, "barpo_k1", b, pair[3], pair[0], pair[1]) for b, pair in pairs.items()]
                 overall = ("does not hold" if "does not hold" in verdicts else "holds" if set(verdicts) == {"holds"}
-                           else next(v for v in verdicts if v.startswith("cannot tell")))
+                           else next(v for v in verdicts if v != "holds"))
+                xs, ys, attacks, poi = scored[best]
                 rows.append(f"| BARPO has the best worst case of all baselines ({', '.join(present)}) | {env_id} | "
-                            f"{paper_gain:+d}% over {paper_algo} | {relative(k1_worst, worst[best])} over {best} "
-                            f"(our best) | {over(attacks)} | {p_cell(poi.get(best))} | {overall} |")
+                            f"{paper_gain:+d}% over {paper_algo} | {relative(xs, ys)} over {best} (our best) | "
+                            f"{attack_names(attacks)} | {p_cell(poi)} | {overall} |")
             else:
-                rows.append(f"| BARPO has the best worst case of all baselines | {env_id} | {paper_gain:+d}% over {paper_algo} | – | – | – | not run |")
+                rows.append(f"| BARPO has the best worst case of all baselines | {env_id} | {paper_gain:+d}% over {paper_algo} "
+                            f"| – | – | – | {'no attack in common' if by_algo.get('barpo_k1') and present else 'not run'} |")
         comparisons = [("BARPO w/o guidance beats ARPO, natural", "barpo_k0", "arpo", "natural", PAPER_K0_VS_ARPO.get(family, (None,))[0]),
                        ("BARPO w/o guidance beats ARPO, worst case", "barpo_k0", "arpo", "worst", PAPER_K0_VS_ARPO.get(family, (None, None))[1]),
                        ("BARPO beats ARPO, both guided (κ = 1), worst case", "barpo_k1", "arpo_k1", "worst", PAPER_K1_VS_ARPO_K1.get(family))]
         for claim, x, y, key, paper in comparisons:
-            attacks = common(by_algo, [x, y])
-            xs, ys = scores(by_algo, x, key, attacks), scores(by_algo, y, key, attacks)
-            poi = probability_of_improvement(xs, {y: ys}, reps).get(y) if xs and ys else None
+            xs, ys, attacks, poi = compare(by_algo, x, y, key)
             rows.append(f"| {claim} | {env_id} | {f'{paper:+d}%' if paper is not None else 'no number'} | {relative(xs, ys)} "
-                        f"| {over(attacks) if key == 'worst' else '–'} | {p_cell(poi)} | {verdict(poi, (len(xs), len(ys)))} |")
+                        f"| {attack_names(attacks) if key == 'worst' else '–'} | {p_cell(poi)} | {judged(by_algo, x, y, poi, xs, ys)} |")
     return ["### The paper's claims at our budget", "",
             "Each claim 'x beats y' is decided by the probability that a run of x scores higher than a run of y, with its "
             "95 % stratified-bootstrap CI (rliable): **holds** if the interval lies above 0.5, **does not hold** if below, "
-            f"**cannot tell** if it contains 0.5 or either side has fewer than {MIN_SEEDS_FOR_VERDICT} seeds. With 3 seeds per side the "
-            "interval excludes 0.5 only when the seeds of x and y separate cleanly; read 'holds' as 'every seed of x beats "
-            "every seed of y at this budget', not as a population statement. "
+            f"**cannot tell** if it contains 0.5 or either side has fewer than {MIN_SEEDS_FOR_VERDICT} seeds. With 3 seeds per "
+            "side the interval excludes 0.5 only if at most about one of the nine seed pairs is reversed, and a verdict near "
+            "that boundary can change with the number of bootstrap resamples: read 'holds' as 'the seeds of x beat those "
+            "of y at this budget', not as a population statement. "
             "'ours' is the relative difference of the IQMs. The paper's numbers are for 2M steps on gym -v2 "
             "(median of 17 agents); ours for this root's budget on -v5.", "",
-            "A worst case is compared only over the attacks evaluated on every run of both sides (column 'worst case over'): "
-            "a run attacked by the learned adversaries is not compared with one that was not.", "",
+            "A worst case is compared only over the attacks evaluated on every run of both sides of a pair (column "
+            "'worst case over'; for the baselines row, the pair with our best baseline): a run attacked by the learned "
+            "adversaries is not compared with one that was not. The baselines claim holds only if it holds against each.", "",
             "| claim | task | paper | ours (IQM) | worst case over | P(x better) [95 % CI] | verdict |",
             "|---|---|---|---|---|---|---|"] + rows + [""]
 
@@ -588,12 +617,16 @@ def kappa_study(results, args, name):
         if len(kappas) < 3:
             continue
         natural = {a: [r["results"]["natural"]["mean"] for r in by_algo[a]] for a in kappas.values()}
-        worst = {a: [r["worst_case"] for r in by_algo[a] if r.get("worst_case") is not None] for a in kappas.values()}
+        attacks = common_attacks(by_algo, list(kappas.values()))  # the same attacks for every κ
+        worst = {a: worst_over(by_algo[a], attacks) for a in kappas.values()}
         nat_ci, worst_ci = iqm_ci(natural, args.bootstrap_reps), iqm_ci(worst, args.bootstrap_reps)
-        lines += [f"### {env_id}: BARPO's guidance weight κ", "", "| κ | seeds | natural | worst case |", "|---|---|---|---|"]
+        lines += [f"### {env_id}: BARPO's guidance weight κ", "", f"Worst case over: {attack_names(attacks)}.", "",
+                  "| κ | seeds | natural | worst case |", "|---|---|---|---|"]
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, ci, offset in (("natural", nat_ci, -0.01), ("worst case", worst_ci, 0.01)):
             ks = [k for k in sorted(kappas) if kappas[k] in ci]
+            if not ks:  # e.g. no attack evaluated: no worst case to draw
+                continue
             points = np.array([ci[kappas[k]] for k in ks])
             ax.errorbar(np.array(ks) + offset, points[:, 0], yerr=[points[:, 0] - points[:, 1], points[:, 2] - points[:, 0]],
                         marker="o", capsize=3, label=label)
@@ -664,24 +697,20 @@ def aggregate(args: Aggregate):
             row += [cell(worst_ci.get(algo)), iqm(robustness, "{:+.0f}%")]
             lines.append("| " + " | ".join(row) + " |")
         if "barpo_k1" in worst and worst["barpo_k1"] and len(by_algo) > 1:
-            # each pair over the attacks both faced, so that a run attacked by the learned adversaries is not
-            # compared with one that was not
-            faced = {a: set.intersection(*[set(r["results"]) - {"natural"} for r in reps]) for a, reps in by_algo.items()}
             lines += ["", "Probability that a BARPO (κ = 1) run has a higher worst-case return than a run of each other "
                       "algorithm (rliable; 0.5 = no difference; an interval that excludes 0.5 decides), each pair over "
                       "the attacks evaluated on every run of both:", "",
                       "| BARPO vs | P(BARPO better) [95 % CI] | worst case over |", "|---|---|---|"]
             for a, reps in by_algo.items():
-                common = faced["barpo_k1"] & faced[a]
-                if a == "barpo_k1" or not common:
+                if a == "barpo_k1" or not attacked(reps):
                     continue
-                worst_of = lambda runs: [min(r["results"][x]["mean"] for x in common) for r in runs]
-                poi = probability_of_improvement(worst_of(by_algo["barpo_k1"]), {a: worst_of(reps)}, args.bootstrap_reps)
-                shown = "all six" if set(ATTACKS) <= common else ", ".join(x for x in ATTACKS if x in common)
-                lines.append(f"| {a} | {cell(poi.get(a), '{:.2f}')} | {shown} |")
+                common = common_attacks(by_algo, ["barpo_k1", a])
+                ours, theirs = worst_over(by_algo["barpo_k1"], common), worst_over(reps, common)
+                poi = probability_of_improvement(ours, {a: theirs}, args.bootstrap_reps) if ours and theirs else {}
+                lines.append(f"| {a} | {cell(poi.get(a), '{:.2f}')} | {attack_names(common)} |")
         learned = [a for a in attacks if a in LEARNED_ATTACKS]
         if learned:  # what the learned attacks add: the worst case without them, and with them
-            def worst_over(r, names):
+            def run_worst(r, names):
                 values = [r["results"][a]["mean"] for a in names if a in r["results"]]
                 return min(values) if values else None
 
@@ -690,10 +719,10 @@ def aggregate(args: Aggregate):
                       f"others ({', '.join(gradient)}), over the runs evaluated with both (IQM over seeds):", "",
                       "| algorithm | runs | worst case without | with | change |", "|---|---|---|---|---|"]
             for algo, reps in by_algo.items():
-                both = [r for r in reps if all(a in r["results"] for a in learned) and worst_over(r, gradient) is not None]
+                both = [r for r in reps if all(a in r["results"] for a in learned) and run_worst(r, gradient) is not None]
                 if both:
-                    without = metrics.aggregate_iqm(np.array([worst_over(r, gradient) for r in both], dtype=float))
-                    with_ = metrics.aggregate_iqm(np.array([worst_over(r, attacks) for r in both], dtype=float))
+                    without = metrics.aggregate_iqm(np.array([run_worst(r, gradient) for r in both], dtype=float))
+                    with_ = metrics.aggregate_iqm(np.array([run_worst(r, attacks) for r in both], dtype=float))
                     lines.append(f"| {algo} | {len(both)} | {without:.0f} | {with_:.0f} | {100 * (with_ - without) / abs(without):+.0f}% |")
         lines += ["", "<details><summary>per seed</summary>", "",
                   "| algorithm | seed | natural | " + " | ".join(attacks) + " | worst case |",
@@ -723,13 +752,13 @@ def aggregate(args: Aggregate):
         # plots: learning curves (median, IQR band) and natural vs worst case per seed
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
         for algo, reps in by_algo.items():
-            attacked = [r for r in reps if r.get("worst_case") is not None]
+            with_worst = [r for r in reps if r.get("worst_case") is not None]
             grid, curves = learning_curves([r["seed_dir"] for r in reps])
             if grid is not None:
                 med, q1, q3 = np.percentile(curves, [50, 25, 75], axis=0)
                 ax1.plot(grid, med, label=f"{algo} ({len(curves)} seeds)")
                 ax1.fill_between(grid, q1, q3, alpha=0.2)
-            ax2.scatter([r["results"]["natural"]["mean"] for r in attacked], [r["worst_case"] for r in attacked], label=algo, s=40)
+            ax2.scatter([r["results"]["natural"]["mean"] for r in with_worst], [r["worst_case"] for r in with_worst], label=algo, s=40)
         if ref:
             ax2.scatter([ref[0]], [ref[1]], marker="*", s=200, c="k", label="paper BAR-PPO (v2)")
         ax1.set(title=f"{env_id}: training return (median, IQR band)", xlabel="environment steps", ylabel="episodic return")
@@ -769,4 +798,6 @@ def aggregate(args: Aggregate):
 
 if __name__ == "__main__":
     command = tyro.extras.subcommand_cli_from_dict({"run": Run, "status": Status, "aggregate": Aggregate})
+    if isinstance(command, Run):  # and Status
+        expand_algos(command)
     {Status: status, Run: run, Aggregate: aggregate}[type(command)](command)

@@ -89,9 +89,9 @@ def write_eval(root, env_id, algo, seed, natural, attacks, agent=True):
     d = root / env_id / algo / f"s{seed}"
     d.mkdir(parents=True)
     results = {"natural": {"mean": natural}, **{k: {"mean": v} for k, v in attacks.items()}}
-    worst = min(v["mean"] for k, v in results.items() if k != "natural")
+    worst = min((v["mean"] for k, v in results.items() if k != "natural"), default=None)  # evaluate.py: None without attacks
     (d / "eval.json").write_text(json.dumps({"epsilon": 0.075, "results": results, "worst_case": worst,
-                                             "robustness": (worst - natural) / natural}))
+                                             "robustness": None if worst is None else (worst - natural) / natural}))
     if agent:  # aggregate counts a run only if its agent could be evaluated again
         torch.save({"env_id": env_id, "agent": {}, "obs_rms": {}}, d / "agent.pt")
     return d
@@ -228,3 +228,28 @@ def test_status_shows_done_and_left(tmp_path):
                        "--root", tmp_path / "sweep", "--results", results).stdout
     rows = [l.split()[0] for l in kappa.splitlines() if l.startswith("Hopper-v5/")]
     assert rows == [f"Hopper-v5/{a}" for a in ("barpo_k0", "barpo_k0.25", "barpo_k0.5", "barpo_k1", "barpo_k2", "spo")]
+
+
+def test_natural_only_runs_neither_crash_nor_hide_a_comparison(tmp_path):
+    root = tmp_path / "sweep"
+    for seed in (1, 2, 3):
+        for algo in ("barpo_k0", "barpo_k0.5", "barpo_k1"):
+            write_eval(root, "Hopper-v5", algo, seed, 1000 * seed, {})  # evaluated without any attack
+        write_eval(root, "Hopper-v5", "sappo", seed, 900, {"mad": 100})
+    write_eval(root, "Hopper-v5", "sappo", 4, 900, {})  # one more, natural only: not part of the worst case
+    out = tmp_path / "results.md"
+    run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
+    text = out.read_text()
+    row = next(l for l in text.splitlines() if l.startswith("| BARPO has the best worst case")).strip("| ").split(" | ")
+    assert row[-1] == "no attack in common"
+    kappa = text.split("### Hopper-v5: BARPO's guidance weight κ")[1].split("###")[0]
+    assert "Worst case over: none in common." in kappa and "| 0.5 | 3 | 2000 [1000, 3000] | – |" in kappa
+
+
+def test_status_tells_a_run_of_another_budget(tmp_path):
+    sweep = tmp_path / "sweep" / "Hopper-v5" / "spo" / "s1"
+    sweep.mkdir(parents=True)
+    torch.save({"iteration": 5, "args": {"num_iterations": 10, "total_timesteps": 20480}}, sweep / "agent.pt")
+    common = ["--algos", "spo", "--seeds", "1", "--root", tmp_path / "sweep", "--results", tmp_path / "results", "--preset", "none"]
+    assert re.search(r"Hopper-v5/spo\s+50%", run_script("benchmark.py", "status", *common, "--total-timesteps", "20480").stdout)
+    assert re.search(r"Hopper-v5/spo\s+other", run_script("benchmark.py", "status", *common).stdout)
