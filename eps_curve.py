@@ -11,9 +11,10 @@ of the two middle ones for an even count). That agent is evaluated by evaluate.p
 eval.json). Each evaluation is written next to the agent (eval_eps<ε>_gradient.json, eval_eps<ε>_paad.json)
 and reused, so an interrupted run resumes and the figure can be redrawn from committed files.
 
-Output: a markdown table (printed, and written to --output between marker comments) with the return under the
-strongest gradient attack per multiple and the ranking of the algorithms at each multiple, and one figure per
-task, <figures>/eps_curve_<env>.png. Cost (measured 2026-12, Hopper-v5, one core): about 1.5 min per gradient
+Every point uses the protocol of the agent's eval.json (its number of episodes, Robust Sarsa's grid if it
+used one). Output, per task: a markdown table with the return under the strongest gradient attack per multiple
+and the ranking of the algorithms at each multiple (printed, and written to --output in the task's own
+section between marker comments, so tasks can be drawn one at a time), and <figures>/eps_curve_<env>.png. Cost (measured 2026-12, Hopper-v5, one core): about 1.5 min per gradient
 evaluation (Robust Sarsa's Q model is cached) and 5-8 min per PA-AD adversary, so ~12 min per agent.
 """
 import json
@@ -23,7 +24,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import tyro
@@ -46,8 +47,8 @@ class Args:
     """multiples of the evaluation ε for the gradient attacks (0 = natural, 1 = eval.json)"""
     paad_multiples: List[float] = field(default_factory=lambda: [1.0, 2.0])
     """multiples of ε for PA-AD (each new one trains an adversary, ~5-8 min of one core)"""
-    num_episodes: int = 50
-    """episodes per evaluation"""
+    num_episodes: Optional[int] = None
+    """episodes per evaluation (default: as many as the agent's eval.json, so that every point has its protocol)"""
     evaluate_args: str = ""
     """extra flags for every evaluate.py call, written with '=': --evaluate-args="--rs-grid" """
     workers: int = 1
@@ -79,13 +80,20 @@ def eval_path(seed_dir, eps, kind):
     return os.path.join(seed_dir, f"eval_eps{eps:g}_{kind}.json")
 
 
-def evaluate(job, num_episodes, extra):
-    """Run evaluate.py for one (agent, ε, kind); returns (job, error or None, seconds)."""
+def protocol_flags(report, num_episodes):
+    """evaluate.py flags that repeat the protocol of the agent's eval.json (the 1x point) at the other radii:
+    its number of episodes, and Robust Sarsa's grid of Q models if it used one."""
+    flags = ["--num-episodes", str(num_episodes or report.get("num_episodes", 50))]
+    return flags + (["--rs-grid"] if report["results"].get("rs", {}).get("variants_evaluated", 1) > 1 else [])
+
+
+def evaluate(job, flags):
+    """Run evaluate.py for one (agent, ε, kind) with the agent's protocol flags; returns (job, error or None, seconds)."""
     seed_dir, eps, kind = job
     t0 = time.time()
     cmd = [sys.executable, os.path.join(REPO, "evaluate.py"), os.path.join(seed_dir, "agent.pt"), "--epsilon", f"{eps:g}",
-           "--attacks", ",".join(GRADIENT) if kind == "gradient" else "paad", "--num-episodes", str(num_episodes),
-           "--output", eval_path(seed_dir, eps, kind)] + (["--train-learned"] if kind == "paad" else []) + extra.split()
+           "--attacks", ",".join(GRADIENT) if kind == "gradient" else "paad", "--output", eval_path(seed_dir, eps, kind)]
+    cmd += flags + (["--train-learned"] if kind == "paad" else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"))
     error = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]
     return job, error, time.time() - t0
@@ -111,8 +119,9 @@ def curve(seed_dir, report, multiples, paad_multiples):
 
 
 def main(args):
-    if args.num_episodes < 1 or args.workers < 1 or min(args.multiples + args.paad_multiples, default=0) < 0:
+    if (args.num_episodes is not None and args.num_episodes < 1) or args.workers < 1 or min(args.multiples + args.paad_multiples, default=0) < 0:
         raise SystemExit("error: --num-episodes and --workers must be positive and the multiples >= 0")
+    args.paad_multiples = [m for m in args.paad_multiples if m > 0]  # PA-AD at radius 0 is the natural return
     agents = {}  # (env, algo) -> (seed_dir, report)
     for env_id in args.envs:
         env_dir = os.path.join(args.root, env_id)
@@ -127,17 +136,19 @@ def main(args):
                 print(f"note: {env_id}/{algo} has no evaluated run; left out", file=sys.stderr)
                 continue
             agents[env_id, algo] = (seed_dir, report)
-    jobs = []
+    jobs, flags = [], {}
     for seed_dir, report in agents.values():
         eps = report["epsilon"]
         jobs += [(seed_dir, m * eps, "gradient") for m in args.multiples if m not in (0, 1)]
         jobs += [(seed_dir, m * eps, "paad") for m in args.paad_multiples if m != 1]
-    todo = [] if args.plot_only else [j for j in jobs if not os.path.isfile(eval_path(*j))]
-    print(f"{len(agents)} median agents, {len(jobs)} evaluations, {len(jobs) - len(todo) if not args.plot_only else len(jobs)} "
-          f"already done, {len(todo)} to do with {args.workers} workers", flush=True)
+        flags[seed_dir] = protocol_flags(report, args.num_episodes) + args.evaluate_args.split()
+    missing = [j for j in jobs if not os.path.isfile(eval_path(*j))]
+    todo = [] if args.plot_only else missing
+    print(f"{len(agents)} median agents, {len(jobs)} evaluations, {len(jobs) - len(missing)} already done, "
+          f"{len(todo)} to do with {args.workers} workers" + (" (--plot-only)" if args.plot_only else ""), flush=True)
     start, failed, seconds = time.time(), [], {"gradient": [], "paad": []}
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        futures = [pool.submit(evaluate, j, args.num_episodes, args.evaluate_args) for j in todo]
+        futures = [pool.submit(evaluate, j, flags[j[0]]) for j in todo]
         for done, future in enumerate(as_completed(futures), 1):
             (seed_dir, eps, kind), error, took = future.result()
             if error is None:
@@ -156,21 +167,28 @@ def main(args):
     import matplotlib.pyplot as plt
 
     os.makedirs(args.figures, exist_ok=True)
-    lines = ["## Robustness against the attack budget", "",
-             f"Made by `python eps_curve.py --root {args.root} --envs {' '.join(args.envs)}`. Each algorithm's median agent "
-             "(median worst case of its seeds) under the strongest of the gradient attacks (random, critic, MAD, Robust "
-             "Sarsa) at multiples of the evaluation ε, 50 episodes each; PA-AD (a learned adversary trained at that radius) "
-             "where evaluated. The ranking at each multiple orders the algorithms by their gradient worst case.", ""]
+    made_by = (f"python eps_curve.py --root {args.root} --envs ENV --multiples {' '.join(f'{m:g}' for m in args.multiples)} "
+               f"--paad-multiples {' '.join(f'{m:g}' for m in args.paad_multiples)}"
+               + (f" --num-episodes {args.num_episodes}" if args.num_episodes else "")
+               + (f' --evaluate-args="{args.evaluate_args}"' if args.evaluate_args else ""))
+    sections = []
     for env_id in args.envs:
         rows = {algo: agents[e, algo] for e, algo in agents if e == env_id}
         if not rows:
             continue
-        eps = next(iter(rows.values()))[1]["epsilon"]
+        eps_values = {report["epsilon"] for _, report in rows.values()}
+        if len(eps_values) > 1:
+            raise SystemExit(f"error: the {env_id} agents were evaluated at different ε {sorted(eps_values)}; one curve needs one ε")
+        eps = eps_values.pop()
         ms = sorted(set(args.multiples))
+        header = ["algorithm", "seed"] + [f"{m:g}×" for m in ms] + [f"PA-AD {m:g}×" for m in args.paad_multiples]
+        lines = [f"## {env_id}: robustness against the attack radius ({args.root})", "",
+                 f"Made by `{made_by.replace('ENV', env_id)}`. Each algorithm's median agent (the seed with the median worst "
+                 "case) under the strongest of the gradient attacks (random, critic, MAD, Robust Sarsa) at multiples of the "
+                 f"evaluation ε = {eps:g}, with the protocol of its eval.json (the 1× point); PA-AD columns: a learned "
+                 "adversary trained at that radius. The ranking orders the algorithms by their gradient worst case.", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        lines += [f"### {env_id} (ε = {eps:g})", "",
-                  "| algorithm | seed | " + " | ".join(f"{m:g}×" for m in ms) + " | " + " | ".join(f"PA-AD {m:g}×" for m in args.paad_multiples) + " |",
-                  "|---|---|" + "---|" * (len(ms) + len(args.paad_multiples))]
         gradient_at = {}
         for i, (algo, (seed_dir, report)) in enumerate(rows.items()):
             points = curve(seed_dir, report, ms, args.paad_multiples)
@@ -183,14 +201,14 @@ def main(args):
             ax.plot([m * eps for m in xs], [grad[m] for m in xs], "-o", color=color, label=algo)
             px = [m for m in args.paad_multiples if paad[m] is not None]
             ax.plot([m * eps for m in px], [paad[m] for m in px], "x", ms=9, color=color)
-            fmt = lambda v: "–" if v is None else f"{v:.0f}"
-            lines.append(f"| {algo} | {os.path.basename(seed_dir)} | " + " | ".join(fmt(grad[m]) for m in ms) + " | "
-                         + " | ".join(fmt(paad[m]) for m in args.paad_multiples) + " |")
+            cells = [algo, os.path.basename(seed_dir)] + ["–" if v is None else f"{v:.0f}" for v in list(grad.values()) + list(paad.values())]
+            lines.append("| " + " | ".join(cells) + " |")
         lines += ["", "Ranking by the gradient worst case (best first):", ""]
         for m in ms:
             ranked = sorted((a for a in gradient_at if gradient_at[a][m] is not None), key=lambda a: -gradient_at[a][m])
             lines.append(f"- {m:g}× ε: " + (" > ".join(ranked) if ranked else "–"))
-        ax.plot([], [], "x", color="k", label="PA-AD (×)")
+        if args.paad_multiples:
+            ax.plot([], [], "x", color="k", label="PA-AD (×)")
         ax.axvline(eps, color="0.7", lw=0.8, ls=":")
         ax.set(title=f"{env_id}: median agents against the attack radius", xlabel="ε (normalised observation units)",
                ylabel="return under the strongest gradient attack")
@@ -200,8 +218,9 @@ def main(args):
         fig.savefig(png, dpi=110)
         plt.close(fig)
         lines += ["", f"![{env_id} epsilon curve]({os.path.relpath(png, os.path.dirname(args.output) or '.')})", ""]
-    write_section(args.output, "eps_curve", "\n".join(lines), new_file_head="# Results\n")
-    print("\n".join(lines))
+        write_section(args.output, f"eps_curve {args.root} {env_id}", "\n".join(lines), new_file_head="# Results\n")
+        sections += lines
+    print("\n".join(sections))
     if failed:
         raise SystemExit(f"error: {len(failed)} evaluation(s) failed: " + "; ".join(failed))
 

@@ -315,7 +315,9 @@ def robust_sarsa_models(agent, ckpt_path, ckpt, args, digest):
         if data is None:
             data = collect_sarsa_data(agent, ckpt["env_id"], ckpt["obs_rms"], args.rs_steps, seed=args.seed + 1)
         q_net, history = train_robust_sarsa(agent, data, rs_eps, rs_reg, args.rs_epochs, seed=args.seed)
-        torch.save({"q_net": q_net.state_dict(), "victim_sha1": digest, "td_loss": history, "rs_eps": rs_eps, "rs_reg": rs_reg}, path)
+        torch.save({"q_net": q_net.state_dict(), "victim_sha1": digest, "td_loss": history, "rs_eps": rs_eps, "rs_reg": rs_reg},
+                   f"{path}.{os.getpid()}.tmp")
+        os.replace(f"{path}.{os.getpid()}.tmp", path)  # atomic: a parallel evaluation never reads a half-written cache
         print(f"  rs: trained {name} on {len(data[0])} transitions in {time.time() - t0:.0f} s (TD loss {history[0]:.3f} -> {history[-1]:.3f})")
         models.append(((rs_eps, rs_reg), q_net))
     return models

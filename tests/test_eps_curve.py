@@ -39,6 +39,7 @@ def test_eps_curve_evaluates_each_multiple_once_and_ranks(tmp_path):
     worst2 = min(at2["results"][a]["mean"] for a in ("random", "critic", "mad", "rs"))
     assert row[2:] == ["100", "50", f"{worst2:.0f}", "30"]  # natural, 1x from eval.json, 2x measured, PA-AD 1x
     assert "- 1× ε: barpo_k1 > spo" in text
+    assert f"<!-- begin eps_curve {root} Hopper-v5 -->" in text  # each task has its own section: drawing another keeps it
     assert (tmp_path / "fig" / "eps_curve_Hopper-v5.png").stat().st_size > 10_000
     again = run_script("eps_curve.py", *args).stdout  # everything exists now: nothing is evaluated again
     assert "0 to do" in again and json.loads((root / "Hopper-v5" / "spo" / "s1" / "eval_eps0.15_gradient.json").read_text()) == at2
