@@ -104,11 +104,12 @@ BASELINES = ["sappo", "sappo_convex", "radial", "wocar"]
 ALGO_GROUPS = {"comparison": ["spo", "sappo", "radial", "wocar", "arpo", "arpo_k1", "barpo_k0", "barpo_k1"],
                "kappa": ["barpo_k0", "barpo_k0.25", "barpo_k0.5", "barpo_k1", "barpo_k2"]}
 KAPPA_STUDY = {"barpo_k0": 0.0, "barpo_k0.25": 0.25, "barpo_k0.5": 0.5, "barpo_k1": 1.0, "barpo_k2": 2.0}
-# minutes per quick-preset run on one core of the 2-core machine with the other core busy (measured 2026-12,
-# Hopper-v5, 500k steps; the baselines from their bench.py ratios to spo): what `status` estimates with
-RUN_MINUTES = {"spo": 10, "arpo": 9, "arpo_k1": 10, "barpo": 18, "sappo": 14, "sappo_convex": 14, "radial": 12, "wocar": 26}
+# minutes of training per quick-preset run (Hopper-v5, 500k steps) on one core of the 2-core machine with the other
+# core busy, measured 2026-12-03 from the sweep's logs (sappo_convex and arpo_k1: assumed as sappo and barpo); the
+# machine's speed varies by +-20 % from run to run. What `status` estimates with:
+RUN_MINUTES = {"spo": 8, "arpo": 8, "arpo_k1": 9, "barpo": 9, "sappo": 8, "sappo_convex": 8, "radial": 6, "wocar": 12}
 EVAL_MINUTES = 2  # the evaluation with the gradient attacks and one Robust Sarsa model (--no-learned)
-LEARNED_MINUTES = 13  # instead: both learned adversaries (1M steps each) and the evaluation with all six attacks
+LEARNED_MINUTES = 11  # instead: both learned adversaries (1M steps each) and the evaluation with all six attacks
 # time per environment step relative to Hopper-v5 (spo_ppo.py, 20480 steps each, back to back, measured 2026-12-03)
 ENV_TIME_FACTOR = {"Hopper": 1.0, "Walker2d": 1.0, "HalfCheetah": 1.03, "Ant": 1.86}
 
