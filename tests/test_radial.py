@@ -208,7 +208,7 @@ def test_bad_flags_are_one_line_errors(flags, fragment, tmp_path):
 
 def test_benchmark_runs_radial_with_the_authors_per_env_settings(tmp_path):
     dry = run_script("benchmark.py", "run", "--root", tmp_path, "--algos", "radial", "--envs", "Hopper-v5", "Walker2d-v5",
-                     "--seeds", "1", "--preset", "paper", "--dry-run")
+                     "--seeds", "1", "--preset", "paper", "--results", tmp_path / "results", "--dry-run")
     hopper, walker = [l for l in dry.stdout.splitlines() if "radial_ppo.py" in l]
     assert "--epsilon 0.075 --eps-schedule smooth" in hopper and "--learning-rate 3e-4" in hopper
     assert "--epsilon 0.075 --eps-schedule expo" in walker and "--total-timesteps 2000000" in walker

@@ -166,7 +166,7 @@ def test_benchmark_presets_pass_the_scripts_per_env_defaults(tmp_path):
             passed = {k: float(v) for k, v in zip(flags[::2], flags[1::2])}
             assert passed == {"--epsilon": sappo_ppo.DEFAULT_EPSILON[family], "--kappa": sappo_ppo.DEFAULT_KAPPA[method][family]}, (algo, family)
     out = run_script("benchmark.py", "run", "--algos", "sappo", "sappo_convex", "--envs", "Hopper-v5", "--seeds", "1",
-                     "--root", tmp_path, "--dry-run").stdout
+                     "--root", tmp_path, "--results", tmp_path / "results", "--dry-run").stdout
     train = [line for line in out.splitlines() if "sappo_ppo.py" in line]
     assert len(train) == 2 and "--method sgld" in train[0] and "--kappa 1.0" in train[0] and "--kappa 0.1" in train[1]
     assert all("--learning-rate 3e-4" in line for line in train)

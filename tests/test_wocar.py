@@ -218,7 +218,7 @@ def test_sgld_regulariser(seed):
     assert r_detached.requires_grad and not torch.autograd.grad(r_detached.mean(), agent.actor_logstd, allow_unused=True)[0]
 
 
-def test_benchmark_presets_pass_the_scripts_per_env_defaults():
+def test_benchmark_presets_pass_the_scripts_per_env_defaults(tmp_path):  # results in tmp: the repo's own runs would be skipped
     import benchmark
     import wocar_ppo
 
@@ -226,5 +226,6 @@ def test_benchmark_presets_pass_the_scripts_per_env_defaults():
     for family, flags in benchmark.ALGO_ENV_FLAGS["wocar"].items():
         passed = {k[2:].replace("-", "_"): v if k == "--q-weight-schedule" else float(v) for k, v in zip(flags[::2], flags[1::2])}
         assert passed == {"epsilon": wocar_ppo.DEFAULT_EPSILON[family], **wocar_ppo.DEFAULT_WOCAR[family]}, family
-    dry = run_script("benchmark.py", "run", "--algos", "wocar", "--envs", "Walker2d-v5", "--seeds", "1", "--preset", "quick", "--dry-run")
+    dry = run_script("benchmark.py", "run", "--algos", "wocar", "--envs", "Walker2d-v5", "--seeds", "1", "--preset", "quick",
+                     "--root", tmp_path, "--results", tmp_path / "results", "--dry-run")
     assert "wocar_ppo.py" in dry.stdout and "--q-weight-schedule exp" in dry.stdout and "--learning-rate 4e-4" in dry.stdout
