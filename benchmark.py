@@ -591,7 +591,8 @@ def paper_claims(results, reps):
         for claim, x, y, key, paper in comparisons:
             xs, ys, attacks, poi = compare(by_algo, x, y, key)
             rows.append(f"| {claim} | {env_id} | {f'{paper:+d}%' if paper is not None else 'no number'} | {relative(xs, ys)} "
-                        f"| {attack_names(attacks) if key == 'worst' else '–'} | {p_cell(poi)} | {judged(by_algo, x, y, poi, xs, ys)} |")
+                        f"| {attack_names(attacks) if key == 'worst' and by_algo.get(x) and by_algo.get(y) else '–'} | {p_cell(poi)} "
+                        f"| {judged(by_algo, x, y, poi, xs, ys)} |")
     return ["### The paper's claims at our budget", "",
             "Each claim 'x beats y' is decided by the probability that a run of x scores higher than a run of y, with its "
             "95 % stratified-bootstrap CI (rliable): **holds** if the interval lies above 0.5, **does not hold** if below, "
