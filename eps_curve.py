@@ -14,8 +14,10 @@ and reused, so an interrupted run resumes and the figure can be redrawn from com
 Every point uses the protocol of the agent's eval.json (its number of episodes, Robust Sarsa's grid if it
 used one). Output, per task: a markdown table with the return under the strongest gradient attack per multiple
 and the ranking of the algorithms at each multiple (printed, and written to --output in the task's own
-section between marker comments, so tasks can be drawn one at a time), and <figures>/eps_curve_<env>.png. Cost (measured 2026-12, Hopper-v5, one core): about 1.5 min per gradient
-evaluation (Robust Sarsa's Q model is cached) and 5-8 min per PA-AD adversary, so ~12 min per agent.
+section between marker comments, so tasks can be drawn one at a time), and <figures>/eps_curve_<env>.png. Cost, estimated from the sweep's
+logs (2026-12-03, Hopper-v5, one core, other core busy; eps_curve.py itself not yet timed on the sweep): a
+sweep run's evaluation with the four gradient attacks took 1-1.5 min including Robust Sarsa's Q model (here
+cached), a PA-AD adversary 5-8 min, so roughly 10-12 min per agent.
 """
 import json
 import os
