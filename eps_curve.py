@@ -16,10 +16,11 @@ Every point uses the protocol of the agent's eval.json (its number of episodes, 
 actions, MAD's β, the attack steps, Robust Sarsa's grid if it used one). Output, per task: a markdown table
 with the return under the strongest gradient attack per multiple, the seeds' spread, and the ranking of the
 algorithms at each multiple (printed, and written to --output in the task's own section between marker
-comments, so tasks can be drawn one at a time), and <figures>/eps_curve_<env>.png. Cost, estimated from the sweep's
-logs (2026-12-03, Hopper-v5, one core, other core busy; eps_curve.py itself not yet timed on the sweep): a
-sweep run's evaluation with the four gradient attacks took 1-1.5 min including Robust Sarsa's Q model (here
-cached), a PA-AD adversary 5-8 min, so roughly 10-12 min per agent.
+comments, so tasks can be drawn one at a time), and <figures>/eps_curve_<env>.png. Cost, measured 2026-12-03
+on Hopper-v5 (seven median agents, one worker, three processes sharing the machine's two cores): a gradient
+point (four attacks, 50 episodes, Robust Sarsa's Q model cached) took 0.6-1.7 min, the 21 points 26 min; a
+PA-AD adversary at a new radius costs what the sweep's PA-AD costs, 5-8 min, so about 10-12 min per agent
+with the default --paad-multiples 1 2.
 """
 import json
 import os
