@@ -769,7 +769,8 @@ def aggregate(args: Aggregate):
                 med, q1, q3 = np.percentile(curves, [50, 25, 75], axis=0)
                 ax1.plot(grid, med, label=f"{algo} ({len(curves)} seeds)")
                 ax1.fill_between(grid, q1, q3, alpha=0.2)
-            ax2.scatter([r["results"]["natural"]["mean"] for r in attacked(reps)][: len(worst[algo])], worst[algo], label=algo, s=40)
+            naturals = [r["results"]["natural"]["mean"] for r in attacked(reps)] if worst[algo] else []  # worst[algo]'s runs
+            ax2.scatter(naturals, worst[algo], label=algo, s=40)
         if ref:
             ax2.scatter([ref[0]], [ref[1]], marker="*", s=200, c="k", label="paper BAR-PPO (v2)")
         ax1.set(title=f"{env_id}: training return (median, IQR band)", xlabel="environment steps", ylabel="episodic return")

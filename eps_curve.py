@@ -81,8 +81,9 @@ def median_agent(seed_dirs):
     for d in seed_dirs:
         with open(os.path.join(d, "eval.json")) as f:
             report = json.load(f)
-        if "epsilon" in report and gradient_worst(report) is not None and os.path.isfile(os.path.join(d, "agent.pt")):
-            scored.append((gradient_worst(report), d, report))
+        score = gradient_worst(report)
+        if "epsilon" in report and score is not None and os.path.isfile(os.path.join(d, "agent.pt")):
+            scored.append((score, d, report))
     if not scored:
         return None, None, []
     scored.sort(key=lambda t: t[0])
@@ -148,14 +149,14 @@ def jobs_of(seed_dir, report, multiples, paad_multiples):
 def curve(seed_dir, report, multiples, paad_multiples, wanted):
     """{multiple: {attack: mean return}} from the JSONs that exist (1x from eval.json, 0x its natural return)."""
     eps = report["epsilon"]
+    needed = set(jobs_of(seed_dir, report, multiples, paad_multiples))  # the rest is in eval.json (or not asked for)
     points = {0.0: {"natural": report["results"]["natural"]["mean"]}}
     for m in sorted(set(multiples) | set(paad_multiples)):
         if m == 0:
             continue
         results = dict(report["results"]) if m == 1 else {}
         for kind in ("gradient", "paad"):
-            point = cached(eval_path(seed_dir, m * eps, kind), wanted) if (seed_dir, m * eps, kind) in jobs_of(
-                seed_dir, report, multiples, paad_multiples) else None
+            point = cached(eval_path(seed_dir, m * eps, kind), wanted) if (seed_dir, m * eps, kind) in needed else None
             if point is not None:
                 results.update(point["results"])
         results.pop("natural", None)

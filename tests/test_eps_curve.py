@@ -4,7 +4,7 @@ import os
 import shutil
 
 from conftest import REPO, assert_one_line_error, run_script
-from eps_curve import median_agent
+from eps_curve import jobs_of, median_agent
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "results", "quick", "Hopper-v5", "spo", "s1")
 
@@ -27,6 +27,14 @@ def test_median_agent_is_the_middle_gradient_worst_case(tmp_path):
     assert median_agent(dirs)[0] == dirs[2]  # 100, 300, 500, 900 -> the lower middle, 300
     os.remove(os.path.join(dirs[2], "agent.pt"))  # a run without its agent cannot be evaluated: not a candidate
     assert median_agent(dirs[:3])[0] == dirs[1]  # 100, 500 -> the lower middle
+
+
+def test_jobs_train_pa_ad_at_the_evaluation_radius_only_when_the_run_has_none():
+    report = {"epsilon": 0.1, "results": {"natural": {"mean": 1.0}, "mad": {"mean": 0.5}}}
+    jobs = jobs_of("d", report, [0, 0.5, 1, 2], [1, 2])
+    assert jobs == [("d", 0.05, "gradient"), ("d", 0.2, "gradient"), ("d", 0.1, "paad"), ("d", 0.2, "paad")]
+    report["results"]["paad"] = {"mean": 0.2}  # PA-AD at 1x is in eval.json: only 2x is trained
+    assert [j for j in jobs_of("d", report, [0, 0.5, 1, 2], [1, 2]) if j[2] == "paad"] == [("d", 0.2, "paad")]
 
 
 def test_eps_curve_refuses_what_it_cannot_draw(tmp_path):
