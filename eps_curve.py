@@ -95,6 +95,9 @@ def eval_path(seed_dir, eps, kind):
     return os.path.join(seed_dir, f"eval_eps{eps:g}_{kind}.json")
 
 
+# minutes per evaluation until this run has measured its own (one core, 2026-12-03, Hopper-v5, 50 episodes): the four
+# gradient attacks at one ε 0.6-1.7 min, a PA-AD adversary (1M steps) plus its evaluation 5-8 min
+FIRST_GUESS = {"gradient": 1.2 * 60, "paad": 6.5 * 60}
 PROTOCOL = ("num_episodes", "deterministic", "mad_betas", "attack_steps")  # eval.json fields a cached point must share
 
 
@@ -201,8 +204,9 @@ def main(args):
         wanted[seed_dir] = protocol(report, args.num_episodes)
     missing = [j for j in jobs if cached(eval_path(*j), wanted[j[0]]) is None]
     todo = [] if args.plot_only else missing
+    guess = sum(FIRST_GUESS[k] for _, _, k in todo) / args.workers
     print(f"{len(agents)} median agents, {len(jobs)} evaluations, {len(jobs) - len(missing)} already done, "
-          f"{len(todo)} to do with {args.workers} workers" + (" (--plot-only)" if args.plot_only else ""), flush=True)
+          f"{len(todo)} to do with {args.workers} workers" + (" (--plot-only)" if args.plot_only else f", about {guess / 60:.0f} min"), flush=True)
     start, failed, seconds = time.time(), [], {"gradient": [], "paad": []}
     pool = ThreadPoolExecutor(max_workers=args.workers)
     futures = [pool.submit(evaluate, j, flags[j[0]]) for j in todo]
@@ -214,8 +218,8 @@ def main(args):
             else:
                 failed.append(f"{seed_dir} at eps {eps:g} ({kind}): {error}")
             left = [j for j, f in zip(todo, futures) if not f.done()]
-            guess = sum(np.mean(seconds[k]) if seconds[k] else np.nan for _, _, k in left) / args.workers
-            eta = "?" if np.isnan(guess) else f"{guess / 60:.0f} min"
+            guess = sum(np.mean(seconds[k]) if seconds[k] else FIRST_GUESS[k] for _, _, k in left) / args.workers
+            eta = f"{guess / 60:.0f} min"
             print(f"[{done}/{len(todo)}] {os.path.relpath(seed_dir, args.root)} eps {eps:g} {kind}: "
                   f"{'ok' if error is None else 'failed'} in {took / 60:.1f} min; elapsed {(time.time() - start) / 60:.1f} min, ETA {eta}", flush=True)
     except KeyboardInterrupt:  # Ctrl-C also stops the running evaluate.py (same process group); start no queued one
