@@ -536,6 +536,14 @@ def attack_names(attacks):
     return "all six" if set(ATTACKS) <= set(attacks) else ", ".join(a for a in ATTACKS if a in attacks) or "none in common"
 
 
+def percent_change(new, base):
+    """new relative to base in % of base. A ratio to a base at or below zero means nothing (HalfCheetah returns
+    can be negative: an agent that stands still scores about -5), so there the absolute difference is given."""
+    if base <= 0:
+        return f"{new - base:+.0f} in return (base {base:.0f} ≤ 0)"
+    return f"{100 * (new - base) / base:+.0f}%"
+
+
 def paper_claims(results, reps):
     """The paper's comparative claims, one line each per task, decided by the probability of improvement."""
     from rliable import metrics
@@ -544,7 +552,7 @@ def paper_claims(results, reps):
         if not (x and y):
             return "–"
         a, b = metrics.aggregate_iqm(np.asarray(x, float)), metrics.aggregate_iqm(np.asarray(y, float))
-        return f"{100 * (a - b) / abs(b):+.0f}%" if b else "–"
+        return percent_change(a, b)
 
     def p_cell(estimate):
         return f"{estimate[0]:.2f} [{estimate[1]:.2f}, {estimate[2]:.2f}]" if estimate else "–"
@@ -677,7 +685,7 @@ def aggregate(args: Aggregate):
              "Each run's score is the mean return of 50 deterministic episodes. Cells: interquartile mean (IQM) over "
              f"seeds [95 % stratified-bootstrap confidence interval, {args.bootstrap_reps} resamples] (rliable; with fewer "
              "than 4 seeds the IQM is the plain mean); attack columns: IQM alone. Worst case = minimum over the attacks "
-             "every run of that algorithm faced (column 'over'); robustness = (worst − natural) / natural.", ""]
+             "every run of that algorithm faced (column 'over'); robustness = (worst − natural) / natural, over the runs with a natural return above 0.", ""]
     profiles_fig, profile_axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
     for panel, (env_id, by_algo) in enumerate(results.items()):
         seen = {a for reps in by_algo.values() for r in reps for a in r["results"] if a != "natural"}
@@ -704,8 +712,8 @@ def aggregate(args: Aggregate):
         for algo, reps in by_algo.items():
             row = [algo, str(len(reps)), cell(nat_ci.get(algo))]
             row += [iqm([r["results"][a]["mean"] for r in reps if a in r["results"]]) for a in attacks]
-            robustness = [100 * (w - r["results"]["natural"]["mean"]) / abs(r["results"]["natural"]["mean"])
-                          for r, w in zip(attacked(reps), worst[algo]) if r["results"]["natural"]["mean"]]
+            robustness = [100 * (w - r["results"]["natural"]["mean"]) / r["results"]["natural"]["mean"]
+                          for r, w in zip(attacked(reps), worst[algo]) if r["results"]["natural"]["mean"] > 0]
             row += [cell(worst_ci.get(algo)), attack_names(own[algo]) if worst[algo] else "–", iqm(robustness, "{:+.0f}%")]
             lines.append("| " + " | ".join(row) + " |")
         if "barpo_k1" in worst and worst["barpo_k1"] and len(by_algo) > 1:
@@ -735,7 +743,7 @@ def aggregate(args: Aggregate):
                 if both:
                     without = metrics.aggregate_iqm(np.array([run_worst(r, gradient) for r in both], dtype=float))
                     with_ = metrics.aggregate_iqm(np.array([run_worst(r, attacks) for r in both], dtype=float))
-                    lines.append(f"| {algo} | {len(both)} | {without:.0f} | {with_:.0f} | {100 * (with_ - without) / abs(without):+.0f}% |")
+                    lines.append(f"| {algo} | {len(both)} | {without:.0f} | {with_:.0f} | {percent_change(with_, without)} |")
         lines += ["", "<details><summary>per seed</summary>", "",
                   "| algorithm | seed | natural | " + " | ".join(attacks) + " | worst case |",
                   "|---|---|---|" + "---|" * len(attacks) + "---|"]
@@ -749,7 +757,7 @@ def aggregate(args: Aggregate):
         if ref:  # the paper's numbers beside ours (docs/design.md §9)
             def change(algo, estimates):
                 ours, base = estimates.get(algo), estimates.get("arpo")
-                return f"{100 * (ours[0] - base[0]) / abs(base[0]):+.0f}%" if ours and base and base[0] else "–"
+                return percent_change(ours[0], base[0]) if ours and base else "–"
 
             ours_k1 = [e.get("barpo_k1") for e in (nat_ci, worst_ci)]
             paper_k0 = PAPER_K0_VS_ARPO[env_family(env_id)]

@@ -144,6 +144,9 @@ def test_aggregate_iqm_with_bootstrap_intervals_from_fixture_runs(tmp_path):
     # learned attacks on Walker2d: worst case without them 1000 / 600 (IQM 800), with them 500 / 200 (IQM 350)
     write_eval(root, "Walker2d-v5", "spo", 1, 3000, {"mad": 1000, "random": 2000, "sarl": 500, "paad": 800})
     write_eval(root, "Walker2d-v5", "spo", 2, 2000, {"mad": 600, "random": 1500, "sarl": 700, "paad": 200})
+    # HalfCheetah returns can be negative: a ratio to ARPO's -5 would read +24260 %, so the difference is given instead
+    write_eval(root, "HalfCheetah-v5", "arpo", 1, -5, {"mad": -5})
+    write_eval(root, "HalfCheetah-v5", "barpo_k0", 1, 1208, {"mad": 800})
     run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
     text = out.read_text()
     assert "| spo | 2 | 800 | 350 | -56% |" in text
@@ -153,6 +156,10 @@ def test_aggregate_iqm_with_bootstrap_intervals_from_fixture_runs(tmp_path):
     assert "hand-written intro that must survive" in text
     assert "| BARPO w/o guidance (κ = 0) vs ARPO: natural | +50% | +75% |" in text
     assert "| BARPO w/o guidance (κ = 0) vs ARPO: worst case | -50% | +4% |" in text
+    cheetah = text.split("### HalfCheetah-v5")[1]
+    assert "| BARPO w/o guidance (κ = 0) vs ARPO: natural | +1213 in return (base -5 ≤ 0) | +156% |" in cheetah
+    assert cells(cheetah, "arpo")[-1] == "–"  # no robustness ratio for a natural return at or below 0
+    assert cells(cheetah, "barpo_k0")[-1] == "-34%"  # (800 - 1208) / 1208
 
 
 def test_write_section_replaces_only_its_own_markers(tmp_path):
