@@ -540,7 +540,7 @@ def percent_change(new, base):
     """new relative to base in % of base. A ratio to a base at or below zero means nothing (HalfCheetah returns
     can be negative: an agent that stands still scores about -5), so there the absolute difference is given."""
     if base <= 0:
-        return f"{new - base:+.0f} in return (base {base:.0f} ≤ 0)"
+        return f"{round(new - base):+d} in return (base {base:.0f} ≤ 0)"
     return f"{100 * (new - base) / base:+.0f}%"
 
 
