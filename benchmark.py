@@ -538,9 +538,13 @@ def attack_names(attacks):
 
 def percent_change(new, base):
     """new relative to base in % of base. A ratio to a base at or below zero means nothing (HalfCheetah returns
-    can be negative: an agent that stands still scores about -5), so there the absolute difference is given."""
+    can be negative: an agent that stands still scores about -5), and one to a base near zero only magnifies
+    noise (a worst case of 3 against 975 reads +29509 %), so there the absolute difference is given: when
+    base ≤ 0, or when the change exceeds ten times the base (more than +1000 %)."""
     if base <= 0:
         return f"{round(new - base):+d} in return (base {base:.0f} ≤ 0)"
+    if abs(new - base) > 10 * base:
+        return f"{round(new - base):+d} in return (base {base:.0f}, near 0)"
     return f"{100 * (new - base) / base:+.0f}%"
 
 

@@ -162,6 +162,15 @@ def test_aggregate_iqm_with_bootstrap_intervals_from_fixture_runs(tmp_path):
     assert cells(cheetah, "barpo_k0")[-1] == "-34%"  # (800 - 1208) / 1208
 
 
+def test_percent_change_gives_a_difference_where_a_ratio_means_nothing():
+    from benchmark import percent_change
+
+    assert percent_change(3000, 2000) == "+50%" and percent_change(300, 600) == "-50%"
+    assert percent_change(1208, -5) == "+1213 in return (base -5 ≤ 0)"
+    assert percent_change(975, 3) == "+972 in return (base 3, near 0)"  # a ratio would read +32400 %
+    assert percent_change(1100, 100) == "+1000%"  # ten times the base is still a ratio
+
+
 def test_write_section_replaces_only_its_own_markers(tmp_path):
     from benchmark import write_section
 
