@@ -14,8 +14,9 @@ Pseudocode, one iteration:
     compute GAE advantages Â and returns
     ε_t = ε · min(1, (iteration − 1) / (eps_warmup · num_iterations))                      # BARPO: ε schedule
     for update_epochs: for each minibatch:
-        s̃ = KL-SGLD(s; θ, ε_t)   (attacks.mad: K sign-gradient Langevin steps on Σ_j ((μ(s')-μ(s))/σ)_j²,  # BARPO
-                                 start s + η·sign(ξ), step η = ε_t/K, β = 1e-5; detached: no gradient through s̃)
+        s̃ = KL-SGLD(s; θ, ε_t)   (barpo_inner: SA-PPO's solver, K sign-gradient Langevin steps on the minibatch  # BARPO
+                                 mean of Σ_j ((μ(s')-μ(s))/σ)_j², start s + η·sign(ξ), step η = ε_t/K, noise
+                                 √(2ηβ)/(t+2)·N(0, I) with β = 1e-5; detached: no gradient through s̃)
         L = L_clip(s̃) + κ · L_clip(s) − ent_coef·H + vf_coef·L_V(s)                  # BARPO: outer loss
         L_clip(x) = mean_i max(-r_i(x)Â_i, -clip(r_i(x), 1±clip_coef)Â_i),  r_i(x) = π_θ(a_i|x)/π_old(a_i|s_i)
         one Adam step on L
@@ -27,7 +28,9 @@ Flags that matter: --epsilon (default per env: Hopper 0.075, Walker2d 0.05, Half
 
 Our reconstruction (the authors released no code; docs/design.md gives the sources): the default κ = 1.0,
 the linear ε warm-up over the first 75% of updates, and solving the inner problem afresh on every minibatch
-at the current θ. The inner solver is attacks.mad, the same function the MAD evaluation attack calls.
+at the current θ. The inner solver is SA-PPO's SGLD exactly as sappo_ppo.py runs it (attacks.mad, the function
+the MAD evaluation attack calls, with β in the SA-PPO authors' units: their Langevin noise is relative to the
+gradient of the minibatch *mean*, attacks.mad's to that of the sum, so barpo_inner passes β·|B|²).
 """
 import os
 import platform
@@ -86,6 +89,9 @@ class Args:
     """the number of steps to run in each environment per policy rollout"""
     anneal_lr: bool = True
     """toggle learning rate annealing for policy and value networks"""
+    value_first: bool = False
+    """the robust-RL authors' PPO (Engstrom et al., 2020): each iteration fits the critic first, for update_epochs over its own
+    minibatches, then the policy; the two never share a gradient step (default: CleanRL's joint loss)"""
     gamma: float = 0.99
     """the discount factor gamma"""
     gae_lambda: float = 0.95
@@ -105,7 +111,7 @@ class Args:
     vf_coef: float = 0.5
     """coefficient of the value function"""
     max_grad_norm: float = 0.5
-    """the maximum norm for the gradient clipping"""
+    """the maximum norm for the gradient clipping (0: no clipping, as in the robust-RL authors' PPO)"""
     target_kl: Optional[float] = None
     """the target KL divergence threshold (early stop of the epoch loop)"""
     init_logstd: float = 0.0
@@ -123,7 +129,7 @@ class Args:
     inner_step_size: Optional[float] = None
     """step size of the inner solver (default: current epsilon / inner_steps)"""
     inner_beta: float = 1e-5
-    """temperature beta of the KL-SGLD inner solver (start noise N(0, 2 eta beta), Langevin noise per step)"""
+    """SGLD temperature beta in the SA-PPO authors' units (Langevin noise sqrt(2 eta beta)/(t+2) relative to the gradient of the minibatch mean)"""
     eps_warmup: float = 0.75
     """epsilon rises linearly from 0 to --epsilon over this fraction of the updates, then stays (0: no warm-up)"""
 
@@ -209,6 +215,36 @@ def clipped_surrogate(newlogprob, oldlogprob, advantages, clip_coef):
     return torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef))
 
 
+# BARPO: the inner adversary -- SA-PPO's KL-SGLD on the minibatch, in the SA-PPO authors' units
+def barpo_inner(agent, obs, eps, steps, step_size, beta, generator=None):
+    """s̃ = argmax_{s' in B_eps(obs)} mean_i KL(pi(.|s_i) || pi(.|s'_i)) by K sign-gradient Langevin steps (attacks.mad),
+    detached. The SA-PPO authors add noise sqrt(2 eta beta)/(t+2) N(0, I) to the gradient of the minibatch *mean* of
+    sum_j ((mu(s') - mu(s)) / sigma)_j^2; attacks.mad differentiates the sum, |B| times larger, so it gets beta |B|^2."""
+    return attacks.mad(agent, obs, eps, steps=steps, step_size=step_size, beta=beta * len(obs) ** 2, generator=generator)
+
+
+def value_loss(newvalue, returns, oldvalues, clip_coef, clip_vloss):
+    """CleanRL's critic loss: 0.5 * mean squared error to the returns, with the value change clipped to ±clip_coef if clip_vloss."""
+    if not clip_vloss:
+        return 0.5 * ((newvalue - returns) ** 2).mean()
+    v_loss_unclipped = (newvalue - returns) ** 2
+    v_clipped = oldvalues + torch.clamp(newvalue - oldvalues, -clip_coef, clip_coef)
+    v_loss_clipped = (v_clipped - returns) ** 2
+    return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+
+
+def policy_diagnostics(agent, obs):
+    """How much the mean action depends on the state, over a batch of states: the spread (std over the batch of mu(s),
+    averaged over action dimensions) and the input sensitivity (mean over the batch of the Frobenius norm of the
+    Jacobian d mu / d s). A policy that collapses to one action whatever it sees has both near 0."""
+    x = obs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        mu = agent.actor_mean(x)
+        rows = [torch.autograd.grad(mu[:, j].sum(), x, retain_graph=True)[0] for j in range(mu.shape[1])]
+    jacobian_norm = torch.stack(rows, 1).pow(2).sum((1, 2)).sqrt()
+    return mu.detach().std(0).mean().item(), jacobian_norm.mean().item()
+
+
 def merged_rms(envs, name):
     """Running statistics `name` (obs_rms or return_rms) of the sub-envs' normalisers, merged if num_envs > 1.
     The observation statistics are part of the agent: evaluation must normalise with them."""
@@ -267,6 +303,8 @@ if __name__ == "__main__":
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
     if args.batch_size % args.num_minibatches != 0:
         raise SystemExit(f"error: --num-minibatches must divide the batch (num_envs * num_steps = {args.batch_size})")
+    if not args.max_grad_norm >= 0:
+        raise SystemExit(f"error: --max-grad-norm must be >= 0 (0: no clipping), got {args.max_grad_norm}")
     if args.resume and args.run_dir is None:
         raise SystemExit("error: --resume needs the --run-dir of the run to continue")
     # BARPO: validate the adversary's flags; epsilon defaults per env
@@ -336,7 +374,8 @@ if __name__ == "__main__":
     if args.resume and os.path.exists(ckpt_path):
         checkpoint = torch.load(ckpt_path, weights_only=True)
         ignored = {"run_dir", "resume", "save_every", "threads"}
-        changed = sorted(k for k, v in vars(args).items() if k not in ignored and checkpoint["args"].get(k) != v)
+        defaults = vars(Args())  # a flag added after the checkpoint was written counts as at its default
+        changed = sorted(k for k, v in vars(args).items() if k not in ignored and checkpoint["args"].get(k, defaults[k]) != v)
         if checkpoint["algo"] != "barpo" or changed:
             raise SystemExit(f"error: {ckpt_path} is a {checkpoint['algo']} run with other arguments ({', '.join(changed)}); cannot resume it")
         agent.load_state_dict(checkpoint["agent"])
@@ -422,6 +461,18 @@ if __name__ == "__main__":
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
         clipfracs = []
+        if args.value_first:  # the authors' PPO: fit the critic first, on its own shuffled minibatches
+            for epoch in range(args.update_epochs):
+                np.random.shuffle(b_inds)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    mb_inds = b_inds[start : start + args.minibatch_size]
+                    newvalue = agent.get_value(b_obs[mb_inds]).view(-1)
+                    v_loss = value_loss(newvalue, b_returns[mb_inds], b_values[mb_inds], args.clip_coef, args.clip_vloss)
+                    optimizer.zero_grad()  # grads become None: Adam steps only the critic's group (as a second optimiser would)
+                    v_loss.backward()
+                    if args.max_grad_norm > 0:
+                        nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm, foreach=True)
+                    optimizer.step()
         for epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
@@ -445,7 +496,7 @@ if __name__ == "__main__":
 
                 # BARPO: inner adversary nu◇(s; θ) = argmax_{s' in B_eps(s)} KL(pi_θ(.|s) || pi_θ(.|s')) by KL-SGLD,
                 # solved at the current θ and held fixed (detached): no gradient flows through s̃
-                mb_obs_adv = attacks.mad(agent, mb_obs, eps_t, steps=args.inner_steps, step_size=args.inner_step_size, beta=args.inner_beta, generator=adversary_rng)
+                mb_obs_adv = barpo_inner(agent, mb_obs, eps_t, args.inner_steps, args.inner_step_size, args.inner_beta, adversary_rng)
                 advlogprob = agent.get_policy(mb_obs_adv).log_prob(b_actions[mb_inds]).sum(1)
 
                 # Policy loss
@@ -455,28 +506,19 @@ if __name__ == "__main__":
                 pg_loss = pg_loss_adv + args.kappa * pg_loss_clean
 
                 # Value loss
-                newvalue = newvalue.view(-1)
-                if args.clip_vloss:
-                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                    v_clipped = b_values[mb_inds] + torch.clamp(
-                        newvalue - b_values[mb_inds],
-                        -args.clip_coef,
-                        args.clip_coef,
-                    )
-                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
-                    v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
-                    v_loss = 0.5 * v_loss_max.mean()
-                else:
-                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+                v_loss = value_loss(newvalue.view(-1), b_returns[mb_inds], b_values[mb_inds], args.clip_coef, args.clip_vloss)
 
                 entropy_loss = entropy.mean()
-                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                loss = pg_loss - args.ent_coef * entropy_loss
+                if not args.value_first:  # CleanRL: one loss for both networks (--value-first fitted the critic above)
+                    loss = loss + v_loss * args.vf_coef
                 if not torch.isfinite(loss):
                     raise SystemExit(f"error: non-finite loss at iteration {iteration}; stopping without writing a checkpoint")
 
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+                if args.max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
                 optimizer.step()
 
             if args.target_kl is not None and approx_kl > args.target_kl:
@@ -485,6 +527,7 @@ if __name__ == "__main__":
         y_pred, y_true = b_values.numpy(), b_returns.numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+        action_spread, input_sensitivity = policy_diagnostics(agent, b_obs)  # after the last update: collapse shows here
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
         elapsed = time.time() - start_time
@@ -499,6 +542,8 @@ if __name__ == "__main__":
         writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("policy/action_spread", action_spread, global_step)
+        writer.add_scalar("policy/input_sensitivity", input_sensitivity, global_step)
         # BARPO: how much more the inner solver moves the policy than random noise of the same size (last minibatch)
         kl_inner = attacks.kl_divergence(agent, mb_obs, mb_obs_adv).mean().item()
         kl_random = attacks.kl_divergence(agent, mb_obs, attacks.random(agent, mb_obs, eps_t, generator=adversary_rng)).mean().item()
@@ -508,7 +553,7 @@ if __name__ == "__main__":
         writer.add_scalar("losses/policy_loss_adv", pg_loss_adv.item(), global_step)
         writer.add_scalar("losses/policy_loss_clean", pg_loss_clean.item(), global_step)
         recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
-        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} elapsed {hms(elapsed)} ETA {hms(eta)} return(last 10) {recent} eps {eps_t:.4f} KL inner/random {kl_inner:.2e}/{kl_random:.2e}", flush=True)
+        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} elapsed {hms(elapsed)} ETA {hms(eta)} return(last 10) {recent} spread {action_spread:.3f} |dmu/ds| {input_sensitivity:.3f} eps {eps_t:.4f} KL inner/random {kl_inner:.2e}/{kl_random:.2e}", flush=True)
 
         if args.save_every > 0 and iteration % args.save_every == 0:
             save_checkpoint(ckpt_path, agent, optimizer, envs, args, global_step, iteration)

@@ -127,11 +127,33 @@ def test_arpo_inner_stays_in_ball_and_raises_ppo_loss_above_random(seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_barpo_inner_stays_in_ball_and_raises_kl_above_random(seed):
+    import barpo_ppo
+
     agent, obs, *_ = random_policy_batch(seed)
     eps = 0.1
-    x = attacks.mad(agent, obs, eps, beta=1e-5)  # exactly the call barpo_ppo.py makes
+    x = barpo_ppo.barpo_inner(agent, obs, eps, 10, None, 1e-5)
     assert (x <= obs + eps).all() and (x >= obs - eps).all()
     assert attacks.kl_divergence(agent, obs, x).mean() > 2 * attacks.kl_divergence(agent, obs, attacks.random(agent, obs, eps)).mean()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_barpo_inner_is_sappo_sgld_in_the_authors_units(seed):
+    """BARPO's inner solver is the SA-PPO authors' SGLD (noise relative to the gradient of the minibatch mean),
+    step for step: the same solution as an autograd restatement of their solver, at beta = 1e-5 and beta = 1."""
+    import barpo_ppo
+    from test_sappo import authors_sgld_regulariser, random_actor
+
+    agent, obs = random_actor(seed)
+    eps = 0.1
+    for beta in (1e-5, 1.0):
+        x = barpo_ppo.barpo_inner(agent, obs, eps, 10, None, beta, torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            got = (((agent.actor_mean(x) - agent.actor_mean(obs)) / agent.actor_logstd.exp()) ** 2).sum(-1)
+        expected = authors_sgld_regulariser(agent, obs, eps, 10, beta, torch.Generator().manual_seed(seed)).detach()
+        assert torch.allclose(got, expected, rtol=1e-9, atol=1e-12), beta
+    # the units matter at a temperature where the noise competes with the gradient (it does not at 1e-5 here)
+    unscaled = attacks.mad(agent, obs, eps, beta=1.0, generator=torch.Generator().manual_seed(seed))
+    assert not torch.equal(unscaled, barpo_ppo.barpo_inner(agent, obs, eps, 10, None, 1.0, torch.Generator().manual_seed(seed)))
 
 
 @pytest.mark.parametrize("script", ["arpo_ppo.py", "barpo_ppo.py"])
