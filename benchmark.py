@@ -20,6 +20,7 @@ Algorithms (the paper's four configurations, PPO and the robust baselines):
     arpo_k1   arpo_ppo.py --kappa 1           barpo_k0  barpo_ppo.py --kappa 0 ("w/o guidance")
     barpo_k1  barpo_ppo.py --kappa 1 (BARPO)   barpo_k0.25, barpo_k0.5, barpo_k2: the kappa study
     sappo     sappo_ppo.py (SGLD)             sappo_convex  sappo_ppo.py --method convex (IBP)
+    sappo_authors, sappo_convex_authors: the same with the authors' PPO (AUTHORS_PPO); group `calibration` = all four
     wocar     wocar_ppo.py (WocaR-PPO, the authors' per-env settings)
     radial    radial_ppo.py (RADIAL-PPO)
 Presets carry the per-env learning rates of the robust-RL literature (docs/design.md §7): `paper` = 2M steps
@@ -43,6 +44,8 @@ import tyro
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
+# the PPO of the robust-RL authors' code (Engstrom et al., 2020) as flags of our scripts; docs/design.md §7
+AUTHORS_PPO = ["--no-anneal-lr", "--value-first", "--max-grad-norm", "0"]
 ALGOS = {
     "spo": ("spo_ppo.py", []),
     "arpo": ("arpo_ppo.py", ["--kappa", "0"]),
@@ -54,6 +57,10 @@ ALGOS = {
     "barpo_k2": ("barpo_ppo.py", ["--kappa", "2"]),
     "sappo": ("sappo_ppo.py", ["--method", "sgld"]),
     "sappo_convex": ("sappo_ppo.py", ["--method", "convex"]),
+    # the calibration against the SA-PPO authors' released agent: their PPO around the same regulariser (no annealing of
+    # the learning rate, the critic fitted first with its own steps, no gradient clipping), see docs/design.md §7
+    "sappo_authors": ("sappo_ppo.py", ["--method", "sgld", *AUTHORS_PPO]),
+    "sappo_convex_authors": ("sappo_ppo.py", ["--method", "convex", *AUTHORS_PPO]),
     "wocar": ("wocar_ppo.py", []),
     "radial": ("radial_ppo.py", []),
 }
@@ -86,6 +93,7 @@ ALGO_ENV_FLAGS = {
         "Ant": ["--epsilon", "0.15", "--eps-schedule", "expo"],
     },
 }
+ALGO_ENV_FLAGS["sappo_authors"], ALGO_ENV_FLAGS["sappo_convex_authors"] = ALGO_ENV_FLAGS["sappo"], ALGO_ENV_FLAGS["sappo_convex"]
 PRESET_STEPS = {
     "paper": {"Ant": 10_000_000, "default": 2_000_000},
     "quick": {"Ant": 2_000_000, "default": 500_000},
@@ -102,7 +110,8 @@ PAPER_K1_VS_ARPO_K1 = {"Hopper": 19, "HalfCheetah": 193, "Ant": 138}
 BASELINES = ["sappo", "sappo_convex", "radial", "wocar"]
 # names that stand for several algorithms in --algos
 ALGO_GROUPS = {"comparison": ["spo", "sappo", "radial", "wocar", "arpo", "arpo_k1", "barpo_k0", "barpo_k1"],
-               "kappa": ["barpo_k0", "barpo_k0.25", "barpo_k0.5", "barpo_k1", "barpo_k2"]}
+               "kappa": ["barpo_k0", "barpo_k0.25", "barpo_k0.5", "barpo_k1", "barpo_k2"],
+               "calibration": ["sappo", "sappo_convex", "sappo_authors", "sappo_convex_authors"]}
 KAPPA_STUDY = {"barpo_k0": 0.0, "barpo_k0.25": 0.25, "barpo_k0.5": 0.5, "barpo_k1": 1.0, "barpo_k2": 2.0}
 # minutes of training per quick-preset run (Hopper-v5, 500k steps) on one core of the 2-core machine with the other
 # core busy, measured 2026-12-03 from the sweep's logs (sappo_convex and arpo_k1: assumed as sappo and barpo); the
@@ -119,9 +128,9 @@ class Run:
     """Run (or emit) the sweep."""
 
     algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
-    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex, wocar, radial, barpo_k0.25, barpo_k0.5,
-    barpo_k2), or a group: comparison (the paper's table: spo sappo radial wocar arpo arpo_k1 barpo_k0 barpo_k1), kappa (BARPO at
-    kappa 0, 0.25, 0.5, 1, 2)"""
+    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex, sappo_authors, sappo_convex_authors, wocar,
+    radial, barpo_k0.25, barpo_k0.5, barpo_k2), or a group: comparison (the paper's table: spo sappo radial wocar arpo arpo_k1
+    barpo_k0 barpo_k1), kappa (BARPO at kappa 0, 0.25, 0.5, 1, 2), calibration (SA-PPO: SGLD / convex x CleanRL's / the authors' PPO)"""
     envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
     """environment ids"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
@@ -211,7 +220,7 @@ def jobs_of(args):
                 evaluate = [sys.executable, os.path.join(REPO, "evaluate.py"), os.path.join(out_dir, "agent.pt"),
                             "--attacks", args.attacks, "--num-episodes", str(args.eval_episodes),
                             "--output", os.path.join(out_dir, "eval.json")] + (["--rs-grid"] if args.preset == "paper" else [])
-                evaluate += ["--train-learned"] if args.learned and args.attacks == "all" else []
+                evaluate += ["--train-learned"] if learned_attacks(args) else []
                 jobs.append({"name": f"{env_id}/{algo}/s{seed}", "run_dir": run_dir, "out_dir": out_dir, "script": script,
                              "train": train, "evaluate": evaluate})
     return jobs
@@ -304,15 +313,20 @@ def emit_slurm(args, jobs):
     print(f"wrote {path} ({len(jobs)} array tasks); submit with: sbatch {path}")
 
 
+def learned_attacks(args):
+    """The learned attacks (sarl, paad) among the sweep's --attacks that it trains adversaries for (none with --no-learned)."""
+    names = ["sarl", "paad"] if args.attacks == "all" else [a for a in args.attacks.split(",") if a in ("sarl", "paad")]
+    return names if args.learned else []
+
+
 def is_complete(job, args):
-    """Evaluated, and with the learned attacks if this sweep asks for them."""
+    """Evaluated with every attack this sweep asks for, the learned ones included if it trains them."""
     path = os.path.join(job["out_dir"], "eval.json")
     if not os.path.isfile(path):
         return False
-    if not (args.learned and args.attacks == "all"):
-        return True
+    wanted = [] if args.attacks == "all" else [a for a in args.attacks.split(",") if a and a not in ("sarl", "paad", "none")]
     with open(path) as f:
-        return {"sarl", "paad"} <= set(json.load(f)["results"])
+        return set(wanted + learned_attacks(args)) <= set(json.load(f)["results"])
 
 
 def run(args: Run):
@@ -364,7 +378,7 @@ def job_state(job, args):
                                      if args.preset != "none" else 1_000_000)  # the training scripts' default
     factor = ENV_TIME_FACTOR.get(family, 1.0)
     train = RUN_MINUTES.get(algo, RUN_MINUTES.get(algo.split("_k")[0], 20)) * steps / 500_000 * factor
-    evaluate = (LEARNED_MINUTES if args.learned and args.attacks == "all" else EVAL_MINUTES) * factor
+    evaluate = (LEARNED_MINUTES if learned_attacks(args) else EVAL_MINUTES) * factor
     if is_complete(job, args):
         return "done", 0
     if os.path.isfile(os.path.join(job["out_dir"], "eval.json")):
@@ -391,7 +405,7 @@ def status(args: Status):
         for algo in args.algos:
             print(f"{env_id + '/' + algo:<{width}}" + "".join(f"{states[f'{env_id}/{algo}/s{s}'][0]:>9}" for s in args.seeds))
     left = [m for _, m in states.values() if m > 0]
-    print(f"done = evaluated with every attack{' incl. the learned ones' if args.learned and args.attacks == 'all' else ''}; "
+    print(f"done = evaluated with every attack{' incl. the learned ones' if learned_attacks(args) else ''}; "
           "eval = evaluated without the learned attacks; trained = exported, not evaluated; NN% = training under "
           f"{args.root}; other = {args.root} holds a run with another budget (run would refuse to resume it); - = not started")
     print(f"{len(jobs) - len(left)} of {len(jobs)} done; left: {len(left)} runs, about {sum(left) / 60:.1f} core-hours "

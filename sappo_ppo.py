@@ -112,6 +112,9 @@ class Args:
     """the number of steps to run in each environment per policy rollout"""
     anneal_lr: bool = True
     """toggle learning rate annealing for policy and value networks"""
+    value_first: bool = False
+    """the robust-RL authors' PPO (Engstrom et al., 2020): each iteration fits the critic first, for update_epochs over its own
+    minibatches, then the policy; the two never share a gradient step (default: CleanRL's joint loss)"""
     gamma: float = 0.99
     """the discount factor gamma"""
     gae_lambda: float = 0.95
@@ -131,7 +134,7 @@ class Args:
     vf_coef: float = 0.5
     """coefficient of the value function"""
     max_grad_norm: float = 0.5
-    """the maximum norm for the gradient clipping"""
+    """the maximum norm for the gradient clipping (0: no clipping, as in the robust-RL authors' PPO)"""
     target_kl: Optional[float] = None
     """the target KL divergence threshold (early stop of the epoch loop)"""
     init_logstd: float = 0.0
@@ -254,6 +257,28 @@ def sa_regulariser(agent, obs, eps, method="sgld", steps=10, beta=1e-5, detach_s
     return ((torch.max((upper - mu).abs(), (lower - mu).abs()) / sigma) ** 2).sum(1)
 
 
+def value_loss(newvalue, returns, oldvalues, clip_coef, clip_vloss):
+    """CleanRL's critic loss: 0.5 * mean squared error to the returns, with the value change clipped to ±clip_coef if clip_vloss."""
+    if not clip_vloss:
+        return 0.5 * ((newvalue - returns) ** 2).mean()
+    v_loss_unclipped = (newvalue - returns) ** 2
+    v_clipped = oldvalues + torch.clamp(newvalue - oldvalues, -clip_coef, clip_coef)
+    v_loss_clipped = (v_clipped - returns) ** 2
+    return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+
+
+def policy_diagnostics(agent, obs):
+    """How much the mean action depends on the state, over a batch of states: the spread (std over the batch of mu(s),
+    averaged over action dimensions) and the input sensitivity (mean over the batch of the Frobenius norm of the
+    Jacobian d mu / d s). A policy that collapses to one action whatever it sees has both near 0."""
+    x = obs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        mu = agent.actor_mean(x)
+        rows = [torch.autograd.grad(mu[:, j].sum(), x, retain_graph=True)[0] for j in range(mu.shape[1])]
+    jacobian_norm = torch.stack(rows, 1).pow(2).sum((1, 2)).sqrt()
+    return mu.detach().std(0).mean().item(), jacobian_norm.mean().item()
+
+
 def merged_rms(envs, name):
     """Running statistics `name` (obs_rms or return_rms) of the sub-envs' normalisers, merged if num_envs > 1.
     The observation statistics are part of the agent: evaluation must normalise with them."""
@@ -312,6 +337,8 @@ if __name__ == "__main__":
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
     if args.batch_size % args.num_minibatches != 0:
         raise SystemExit(f"error: --num-minibatches must divide the batch (num_envs * num_steps = {args.batch_size})")
+    if not args.max_grad_norm >= 0:
+        raise SystemExit(f"error: --max-grad-norm must be >= 0 (0: no clipping), got {args.max_grad_norm}")
     if args.resume and args.run_dir is None:
         raise SystemExit("error: --resume needs the --run-dir of the run to continue")
     # SA-PPO: validate the regulariser's flags; epsilon and kappa default per env (kappa also per --method)
@@ -382,7 +409,8 @@ if __name__ == "__main__":
     if args.resume and os.path.exists(ckpt_path):
         checkpoint = torch.load(ckpt_path, weights_only=True)
         ignored = {"run_dir", "resume", "save_every", "threads"}
-        changed = sorted(k for k, v in vars(args).items() if k not in ignored and checkpoint["args"].get(k) != v)
+        defaults = vars(Args())  # a flag added after the checkpoint was written counts as at its default
+        changed = sorted(k for k, v in vars(args).items() if k not in ignored and checkpoint["args"].get(k, defaults[k]) != v)
         if checkpoint["algo"] != "sappo" or changed:
             raise SystemExit(f"error: {ckpt_path} is a {checkpoint['algo']} run with other arguments ({', '.join(changed)}); cannot resume it")
         agent.load_state_dict(checkpoint["agent"])
@@ -467,6 +495,18 @@ if __name__ == "__main__":
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
         clipfracs = []
+        if args.value_first:  # the authors' PPO: fit the critic first, on its own shuffled minibatches
+            for epoch in range(args.update_epochs):
+                np.random.shuffle(b_inds)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    mb_inds = b_inds[start : start + args.minibatch_size]
+                    newvalue = agent.get_value(b_obs[mb_inds]).view(-1)
+                    v_loss = value_loss(newvalue, b_returns[mb_inds], b_values[mb_inds], args.clip_coef, args.clip_vloss)
+                    optimizer.zero_grad()  # grads become None: Adam steps only the critic's group (as a second optimiser would)
+                    v_loss.backward()
+                    if args.max_grad_norm > 0:
+                        nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm, foreach=True)
+                    optimizer.step()
         for epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
@@ -499,28 +539,19 @@ if __name__ == "__main__":
                 pg_loss = pg_loss_clean + args.kappa * sa_reg
 
                 # Value loss
-                newvalue = newvalue.view(-1)
-                if args.clip_vloss:
-                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                    v_clipped = b_values[mb_inds] + torch.clamp(
-                        newvalue - b_values[mb_inds],
-                        -args.clip_coef,
-                        args.clip_coef,
-                    )
-                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
-                    v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
-                    v_loss = 0.5 * v_loss_max.mean()
-                else:
-                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+                v_loss = value_loss(newvalue.view(-1), b_returns[mb_inds], b_values[mb_inds], args.clip_coef, args.clip_vloss)
 
                 entropy_loss = entropy.mean()
-                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                loss = pg_loss - args.ent_coef * entropy_loss
+                if not args.value_first:  # CleanRL: one loss for both networks (--value-first fitted the critic above)
+                    loss = loss + v_loss * args.vf_coef
                 if not torch.isfinite(loss):
                     raise SystemExit(f"error: non-finite loss at iteration {iteration}; stopping without writing a checkpoint")
 
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+                if args.max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
                 optimizer.step()
 
             if args.target_kl is not None and approx_kl > args.target_kl:
@@ -529,6 +560,7 @@ if __name__ == "__main__":
         y_pred, y_true = b_values.numpy(), b_returns.numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+        action_spread, input_sensitivity = policy_diagnostics(agent, b_obs)  # after the last update: collapse shows here
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
         elapsed = time.time() - start_time
@@ -543,6 +575,8 @@ if __name__ == "__main__":
         writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("policy/action_spread", action_spread, global_step)
+        writer.add_scalar("policy/input_sensitivity", input_sensitivity, global_step)
         # SA-PPO: the regulariser (last minibatch) against sum_j (dmu_j / sigma_j)^2 under uniform noise of the same size
         reg_random = 2 * attacks.kl_divergence(agent, mb_obs, attacks.random(agent, mb_obs, eps_t, generator=adversary_rng)).mean().item()
         writer.add_scalar("adversary/epsilon", eps_t, global_step)
@@ -550,7 +584,7 @@ if __name__ == "__main__":
         writer.add_scalar("adversary/regulariser_random", reg_random, global_step)
         writer.add_scalar("losses/policy_loss_clean", pg_loss_clean.item(), global_step)
         recent = f"{np.mean(recent_returns):8.1f}" if recent_returns else "     n/a"
-        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} elapsed {hms(elapsed)} ETA {hms(eta)} return(last 10) {recent} eps {eps_t:.4f} R/random {sa_reg.item():.2e}/{reg_random:.2e}", flush=True)
+        print(f"iter {iteration}/{args.num_iterations} step {global_step} SPS {sps} elapsed {hms(elapsed)} ETA {hms(eta)} return(last 10) {recent} spread {action_spread:.3f} |dmu/ds| {input_sensitivity:.3f} eps {eps_t:.4f} R/random {sa_reg.item():.2e}/{reg_random:.2e}", flush=True)
 
         if args.save_every > 0 and iteration % args.save_every == 0:
             save_checkpoint(ckpt_path, agent, optimizer, envs, args, global_step, iteration)

@@ -142,3 +142,84 @@ def test_other_mujoco_warnings_still_print(capsys):
     print_mujoco_warning("Nan, Inf or huge value in QPOS at DOF 0. The simulation is unstable.")
     err = capsys.readouterr().err
     assert "settotalmass" not in err and "WARNING: Nan, Inf or huge value in QPOS" in err
+
+
+TRAINING_SCRIPTS = ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py", "radial_ppo.py", "wocar_ppo.py"]
+
+
+@pytest.mark.parametrize("script", TRAINING_SCRIPTS)
+def test_every_training_script_logs_action_spread_and_input_sensitivity(script, tmp_path):
+    """Collapse to a constant action must be visible while it happens: both diagnostics every iteration, in
+    TensorBoard and on the progress line, next to the adversary's epsilon in the robust scripts."""
+    proc = run_script(script, *TINY, "--run-dir", tmp_path / "r")
+    scalars = read_scalars(str(tmp_path / "r"))
+    for tag in ("policy/action_spread", "policy/input_sensitivity"):
+        assert len(scalars[tag]) == 2 and all(np.isfinite(v) and v > 0 for _, v in scalars[tag]), tag
+    last = [line for line in proc.stdout.splitlines() if line.startswith("iter 2/2")][0]
+    assert " spread " in last and " |dmu/ds| " in last and (script == "spo_ppo.py" or " eps " in last)
+
+
+def test_policy_diagnostics_measure_spread_and_jacobian():
+    from spo_ppo import Agent, policy_diagnostics
+
+    agent = Agent(4, 2)
+    torch.manual_seed(0)
+    w = torch.randn(2, 4)
+    agent.actor_mean = torch.nn.Sequential(torch.nn.Linear(4, 2))  # linear: the Jacobian is W at every state
+    with torch.no_grad():
+        agent.actor_mean[0].weight.copy_(w)
+    obs = torch.randn(256, 4)
+    spread, sensitivity = policy_diagnostics(agent, obs)
+    assert sensitivity == pytest.approx(w.norm().item(), rel=1e-5)
+    assert spread == pytest.approx((obs @ w.t()).std(0).mean().item(), rel=1e-5)
+    with torch.no_grad():
+        agent.actor_mean[0].weight.zero_()  # a constant-action policy
+    assert policy_diagnostics(agent, obs) == (0.0, 0.0)
+
+
+def test_adam_with_two_groups_steps_only_the_group_that_has_gradients():
+    """--value-first relies on this: after zero_grad (grads set to None) a critic-only loss steps only the critic,
+    exactly as a separate critic optimiser would, and the actor's Adam state is untouched."""
+    from spo_ppo import Agent
+
+    torch.manual_seed(0)
+    agent = Agent(5, 2)
+    optimizer = torch.optim.Adam([{"params": list(agent.actor_mean.parameters()) + [agent.actor_logstd], "lr": 1e-3},
+                                  {"params": agent.critic.parameters(), "lr": 1e-2}], eps=1e-5, fused=True)
+    actor_before = [p.detach().clone() for p in agent.actor_mean.parameters()]
+    critic_before = [p.detach().clone() for p in agent.critic.parameters()]
+    optimizer.zero_grad()
+    agent.get_value(torch.randn(8, 5)).pow(2).mean().backward()
+    optimizer.step()
+    assert all(torch.equal(a, p) for a, p in zip(actor_before, agent.actor_mean.parameters()))
+    assert not any(torch.equal(a, p) for a, p in zip(critic_before, agent.critic.parameters()))
+    assert all(p not in optimizer.state or not optimizer.state[p] for p in agent.actor_mean.parameters())
+
+
+def test_authors_ppo_flags_train_and_change_the_run(tmp_path):
+    """--value-first, --max-grad-norm 0 and --no-anneal-lr are the robust-RL authors' PPO; each must change the run."""
+    base = ["--total-timesteps", "256", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2", "--seed", "2"]
+    weights = {}
+    for name, flags in {"cleanrl": [], "value_first": ["--value-first"], "no_clip": ["--max-grad-norm", "0"],
+                        "no_anneal": ["--no-anneal-lr"]}.items():
+        run_script("spo_ppo.py", *base, *flags, "--run-dir", tmp_path / name)
+        weights[name] = torch.load(tmp_path / name / "agent.pt", weights_only=True)["agent"]
+    for name in ("value_first", "no_clip", "no_anneal"):
+        assert not torch.equal(weights[name]["actor_mean.0.weight"], weights["cleanrl"]["actor_mean.0.weight"]), name
+    lrs = [v for _, v in read_scalars(str(tmp_path / "no_anneal"))["charts/learning_rate"]]
+    assert lrs == pytest.approx([3e-4] * 4)
+    proc = run_script("spo_ppo.py", *base, "--max-grad-norm", "-1", "--run-dir", tmp_path / "bad", check=False)
+    assert_one_line_error(proc, "--max-grad-norm")
+
+
+def test_resume_accepts_a_checkpoint_from_before_a_flag_existed(tmp_path):
+    """A long run resumes across code changes that add flags: a flag missing from the checkpoint counts as at its default."""
+    run_script("spo_ppo.py", *TINY, "--run-dir", tmp_path / "r", "--save-every", "1")
+    ckpt = torch.load(tmp_path / "r" / "agent.pt", weights_only=True)
+    del ckpt["args"]["value_first"]
+    ckpt["iteration"] = 1
+    torch.save(ckpt, tmp_path / "r" / "agent.pt")
+    proc = run_script("spo_ppo.py", *TINY, "--run-dir", tmp_path / "r", "--resume")
+    assert "resuming" in proc.stdout and "iter 2/2" in proc.stdout
+    proc = run_script("spo_ppo.py", *TINY, "--value-first", "--run-dir", tmp_path / "r", "--resume", check=False)
+    assert_one_line_error(proc, "value_first")
