@@ -12,14 +12,28 @@ Pseudocode, one iteration:
         L_clip(x) = mean_i max(-r_i(x)Â_i, -clip(r_i(x), 1±clip_coef)Â_i),  r_i(x) = π_θ(a_i|x)/π_old(a_i|s_i)
         one Adam step on L
 
-This file is the common base of arpo_ppo.py and barpo_ppo.py: the three are aligned line for line, so
-`diff spo_ppo.py barpo_ppo.py` shows only the robust algorithm. It follows CleanRL's
-ppo_continuous_action.py, ported to gymnasium 1.x (SAME_STEP autoreset, three-argument
-TransformObservation) and with two additions:
+This file is the common base of every training script here: each is this file plus lines tagged with its
+algorithm, so `diff spo_ppo.py barpo_ppo.py` shows only the robust algorithm. It follows CleanRL's
+ppo_continuous_action.py (same networks, wrappers, rollout, GAE and update, in the same order). Every
+difference from that script:
+  * gymnasium 1.x: SAME_STEP autoreset (no fake transition after a done; episode statistics from
+    infos["final_info"]) and the three-argument TransformObservation;
   * a self-describing checkpoint `agent.pt` (env id, shapes, state dicts, the observation normaliser's
-    mean/var/count, args, versions), so `evaluate.py` sees exactly the observations the policy saw;
-  * separate policy / value learning rates (`--learning-rate`, `--value-learning-rate`), as used by the
-    robust-RL literature's per-env settings.
+    mean/var/count, args, versions), written through a temporary file, so `evaluate.py` sees exactly the
+    observations the policy saw; `--save-every` writes it periodically and `--resume` continues it;
+  * separate policy / value learning rates (`--learning-rate`, `--value-learning-rate`): one Adam with two
+    parameter groups, as the robust-RL literature's per-env settings need;
+  * the robust-RL authors' PPO as options, CleanRL's behaviour by default: `--value-first` (critic fitted
+    first each iteration, on its own minibatches), `--max-grad-norm 0` (no clipping), `--no-anneal-lr`;
+  * speed, same algorithm: numpy rollout buffers read with torch.from_numpy, the rollout under
+    torch.inference_mode(), Normal(..., validate_args=False), fused Adam, foreach gradient clipping, and
+    `--threads` (1 by default: one torch thread per run);
+  * the clipped surrogate and the value loss written as functions, called in the update;
+  * diagnostics: `policy/action_spread` and `policy/input_sensitivity` (how much the mean action depends on
+    the state; both near 0 for a collapsed, constant-action policy) and a progress line with an ETA;
+  * checks: every flag is validated (one `error:` line), an existing checkpoint is never overwritten, a
+    non-finite loss stops the run without writing one;
+  * dropped: the CUDA / device, Weights & Biases, Hugging Face upload and video flags (evaluate.py records video).
 
 Flags that matter: --env-id, --total-timesteps, --learning-rate, --value-learning-rate, --seed.
 """
