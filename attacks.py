@@ -16,6 +16,7 @@ not shift the rollout's action sampling (at eps = 0 a robust script then repeats
     q_pgd   PGD that minimises Q(s, mu(s')) for a learned Q (the attack step of Robust Sarsa)
     pgd     the projected sign-gradient solver behind critic and q_pgd (and ARPO's inner adversary)
     mlp_input_grad   grad_x of a function of a tanh MLP's output (actor or critic), fast
+    gaussian_ppo_loss_grad  the gradient of the PPO clipped loss w.r.t. the policy mean (ARPO's inner loss, fast path)
     bounded_perturbation  s + eps * hardtanh(a) for a learned adversary's action a (SA-RL, sarl_attack.py)
     paad_actor  PGD pushing the victim's mean action along a direction d (PA-AD's actor, paad_attack.py)
     interval_bounds  IBP: elementwise bounds of a Linear/Tanh MLP's output over the ball (SA-PPO's convex
@@ -91,6 +92,25 @@ def pgd(obs, eps, objective=None, steps=10, step_size=None, maximise=False, net=
                 (grad,) = torch.autograd.grad(objective(x), x)
         x = torch.clamp(torch.add(x.detach(), grad.sign(), alpha=direction * eta), low, high)
     return x
+
+
+def gaussian_ppo_loss_grad(agent, actions, oldlogprob, advantages, clip_coef):
+    """head_grad for pgd / mlp_input_grad: mu -> d l_i / d mu of the per-sample PPO clipped loss
+    l_i = max(-A_i r_i, -A_i clip(r_i, 1 ± c)), r_i = N(a_i; mu_i, sigma) / pi_old_i, of the scripts' Gaussian policy
+    (state-independent sigma). ARPO's inner loss differentiated by hand; tests/test_robust.py holds it equal to autograd.
+    The clipped branch has zero slope, so dl/dlog r = -A r where the unclipped branch is the max (r <= 1 + c if A > 0,
+    r >= 1 - c if A < 0) and 0 elsewhere; dlog N/dmu = (a - mu) / sigma^2."""
+    var = agent.actor_logstd.detach().exp() ** 2
+    log_ratio_const = -0.5 * torch.log(2 * torch.pi * var).sum() - oldlogprob  # log r = const - sum (a - mu)^2 / 2var
+    ratio_low = torch.where(advantages > 0, 0.0, 1 - clip_coef)  # where the unclipped branch is the max
+    ratio_high = torch.where(advantages > 0, 1 + clip_coef, torch.inf)
+
+    def head_grad(mu):
+        diff = actions - mu
+        ratio = (log_ratio_const - (diff * diff / (2 * var)).sum(1)).exp()
+        return (-advantages * ratio * ((ratio >= ratio_low) & (ratio <= ratio_high))).unsqueeze(1) * diff / var
+
+    return head_grad
 
 
 def critic(agent, obs, eps, steps=10, step_size=None, generator=None, **_):

@@ -166,7 +166,7 @@ def test_negative_epsilon_or_kappa_is_one_line_error(script, flag, tmp_path):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_hand_written_inner_gradients_match_autograd(seed):
-    """The inner solvers differentiate by hand for speed (attacks.mlp_input_grad, ARPO's ppo_loss_grad);
+    """The inner solvers differentiate by hand for speed (attacks.mlp_input_grad, attacks.gaussian_ppo_loss_grad);
     both must equal autograd's gradient of the objective they stand for."""
     import arpo_ppo
 
@@ -178,17 +178,11 @@ def test_hand_written_inner_gradients_match_autograd(seed):
     (expected,) = torch.autograd.grad(kl2, x)
     got = attacks.mlp_input_grad(agent.actor_mean, x.detach(), lambda mu: 2 * (mu - mu_clean) / var)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6)
-    # ARPO: sum_i clipped PPO loss at x; capture the head gradient arpo_inner hands to attacks.pgd
+    # ARPO: sum_i clipped PPO loss at x, the head gradient arpo_inner hands to attacks.pgd
     ppo = clipped_surrogate(agent.get_action_and_value(x, actions)[1], logprobs, adv, 0.2).sum()
     (expected,) = torch.autograd.grad(ppo, x)
-    captured = {}
-    real_pgd = attacks.pgd
-    try:
-        attacks.pgd = lambda obs, eps, **kw: captured.update(kw) or obs
-        arpo_ppo.arpo_inner(agent, obs, actions, logprobs, adv, 0.1, 10, None, 0.2)
-    finally:
-        attacks.pgd = real_pgd
-    got = attacks.mlp_input_grad(agent.actor_mean, x.detach(), captured["head_grad"])
+    head_grad = attacks.gaussian_ppo_loss_grad(agent, actions, logprobs, adv, 0.2)
+    got = attacks.mlp_input_grad(agent.actor_mean, x.detach(), head_grad)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6)
     # the clipped branch (zero slope) is the max for some samples, so both branches were exercised
     ratio = (agent.get_action_and_value(x, actions)[1] - logprobs).exp()
@@ -218,3 +212,30 @@ def test_resume_refuses_another_algorithm_or_other_arguments(tmp_path):
     assert_one_line_error(run_script("spo_ppo.py", *TINY, "--learning-rate", "1e-3", "--run-dir", tmp_path / "r", "--resume", check=False), "learning_rate")
     assert_one_line_error(run_script("spo_ppo.py", *TINY, "--resume", check=False), "--run-dir")
     assert (tmp_path / "r" / "agent.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_arpo_inner_fast_path_takes_the_autograd_steps(seed):
+    """arpo_inner states its objective as the outer update's loss; the hand-derived fast path must take the same
+    steps as autograd on that objective (sign steps: equal unless a gradient entry is within rounding of 0)."""
+    import arpo_ppo
+
+    agent, obs, actions, logprobs, adv = random_policy_batch(seed)
+    solve = lambda autograd: arpo_ppo.arpo_inner(agent, obs, actions, logprobs, adv, 0.1, 10, None, 0.2,
+                                                 torch.Generator().manual_seed(seed), autograd, verify=True)
+    fast, reference = solve(False), solve(True)
+    assert (fast == reference).float().mean() > 0.99
+
+
+def test_arpo_inner_stops_when_the_fast_gradient_no_longer_matches_the_loss():
+    """A student who changes the policy (here: a tanh-squashed mean in get_policy) changes ppo_loss but not the
+    hand-derived gradient: the once-per-iteration check must refuse, and --inner-autograd must still work."""
+    import arpo_ppo
+
+    agent, obs, actions, logprobs, adv = random_policy_batch(0)
+    plain = agent.get_policy
+    agent.get_policy = lambda x: torch.distributions.Normal(torch.tanh(plain(x).loc), plain(x).scale)
+    with pytest.raises(SystemExit, match="--inner-autograd"):
+        arpo_ppo.arpo_inner(agent, obs, actions, logprobs, adv, 0.1, 10, None, 0.2, verify=True)
+    x = arpo_ppo.arpo_inner(agent, obs, actions, logprobs, adv, 0.1, 10, None, 0.2, autograd=True)
+    assert (x <= obs + 0.1).all() and (x >= obs - 0.1).all()
