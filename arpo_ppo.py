@@ -556,7 +556,8 @@ if __name__ == "__main__":
         writer.add_scalar("charts/SPS", sps, global_step)
         writer.add_scalar("policy/action_spread", action_spread, global_step)
         writer.add_scalar("policy/input_sensitivity", input_sensitivity, global_step)
-        # ARPO: how much more the inner solver raises the PPO loss than random noise of the same size (last minibatch)
+        # ARPO: how much more the inner solver raises the PPO loss than random noise of the same size, on the last minibatch:
+        # the policy after the iteration's last optimiser step, the inner solution found before that step
         with torch.no_grad():
             mb_obs_random = attacks.random(agent, mb_obs, eps_t, generator=adversary_rng)
             clean, inner, noise = [clipped_surrogate(agent.get_policy(x).log_prob(b_actions[mb_inds]).sum(1), b_logprobs[mb_inds], mb_advantages,

@@ -123,7 +123,8 @@ def mad(agent, obs, eps, steps=10, step_size=None, beta=1e-5, normalize_sigma=Fa
 
     For a Gaussian policy with state-independent std sigma the KL is sum_j (mu(s')_j - mu(s)_j)^2 / (2 sigma_j^2),
     so we ascend g = grad_{s'} sum_j ((mu(s')_j - mu(s)_j) / sigma_j)^2 (= 2 KL). Its gradient vanishes at s' = s,
-    hence the perturbed start s'_0 = s + eta * sign(xi), xi ~ N(0, 2 eta beta). Step t adds Langevin noise
+    hence the perturbed start s'_0 = s + eta * sign(xi), xi ~ N(0, 1) (a random corner of the eta-box: its sign does
+    not depend on beta, though SA-PPO's code scales xi by sqrt(2 eta beta)). Step t adds Langevin noise
     sqrt(2 eta beta)/(t+2) * N(0, I) to g before the sign. beta = 1e-5 is the training regulariser's value;
     SA-PPO's test-time MAD used beta = 1 (noisier). normalize_sigma divides sigma by its mean (scale-free).
     """

@@ -5,9 +5,10 @@ adversary is the *mild* one that moves the action distribution most, not the val
 
     max_θ  V^{π_θ ∘ ν◇(θ)}   s.t.   ν◇(s; θ) = argmax_{s' ∈ B_ε(s)}  KL( π_θ(·|s) ‖ π_θ(·|s') )
 
-The KL is a first-order surrogate of the value gap; unlike the strongest adversary (arpo_ppo.py) it does
-not tear the landscape into valleys of robust-but-poor stationary policies, and the global optimum is the
-same. SPO guidance adds the clean PPO term with weight κ.
+The paper's claims (its theorems, which this file does not check): the KL is a first-order surrogate of the
+value gap; unlike the strongest adversary (arpo_ppo.py) it does not tear the landscape into valleys of
+robust-but-poor stationary policies; and the global optimum is the same. SPO guidance adds the clean PPO
+term with weight κ.
 
 Pseudocode, one iteration:
     roll out num_steps with π_θ on the clean states, store (s, a, log π_old(a|s), r, done, V(s))
@@ -544,7 +545,8 @@ if __name__ == "__main__":
         writer.add_scalar("charts/SPS", sps, global_step)
         writer.add_scalar("policy/action_spread", action_spread, global_step)
         writer.add_scalar("policy/input_sensitivity", input_sensitivity, global_step)
-        # BARPO: how much more the inner solver moves the policy than random noise of the same size (last minibatch)
+        # BARPO: how much more the inner solver moves the policy than random noise of the same size, on the last minibatch:
+        # the policy after the iteration's last optimiser step, the inner solution found before that step
         kl_inner = attacks.kl_divergence(agent, mb_obs, mb_obs_adv).mean().item()
         kl_random = attacks.kl_divergence(agent, mb_obs, attacks.random(agent, mb_obs, eps_t, generator=adversary_rng)).mean().item()
         writer.add_scalar("adversary/epsilon", eps_t, global_step)
