@@ -273,6 +273,8 @@ def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
         "obs_shape": list(envs.single_observation_space.shape),
         "action_shape": list(envs.single_action_space.shape),
         "hidden_size": args.hidden_size,
+        "script": os.path.basename(__file__),  # evaluation and the learned attacks rebuild the network with this script's Agent
+        "network": repr(agent),  # its layers and activations: a later change to Agent is refused, never loaded silently
         "agent": agent.state_dict(),
         "optimizer": optimizer.state_dict(),
         "obs_rms": merged_rms(envs, "obs_rms"),
