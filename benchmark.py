@@ -646,9 +646,13 @@ def write_section(path, key, text, new_file_head=""):
         raise SystemExit(f"error: {path} must contain the markers {begin} ... {end} once each, in this order; fix it by hand")
     new = old[:i] + section + old[j + len(end) :] if i >= 0 else old.rstrip("\n") + "\n\n" + section + "\n"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        f.write(new)
-    os.replace(path + ".tmp", path)
+    from evaluate import write_atomically
+
+    def save(tmp):
+        with open(tmp, "w") as f:
+            f.write(new)
+
+    write_atomically(path, save)
 
 
 MIN_SEEDS_FOR_VERDICT = 3
