@@ -197,10 +197,6 @@ def expand_algos(args):
 def check_sweep(args):
     """Every flag of `run` / `status` with a meaningful range, checked before anything runs; duplicate envs and seeds
     are dropped (two copies of one job would train into the same run directory at the same time)."""
-    import gymnasium as gym
-
-    from evaluate import ATTACKS
-
     for flag, values in (("--algos", args.algos), ("--envs", args.envs), ("--seeds", args.seeds)):
         if not values:
             raise SystemExit(f"error: {flag} needs at least one value")
@@ -209,15 +205,19 @@ def check_sweep(args):
                              ("--save-every", args.save_every, 0), ("--total-timesteps", args.total_timesteps, 1)):
         if value is not None and value < low:
             raise SystemExit(f"error: {flag} must be >= {low}, got {value}")
+    import gymnasium as gym
+
     for env_id in args.envs:
         try:
             gym.spec(env_id)
         except gym.error.Error:
             raise SystemExit(f"error: --envs: no environment {env_id!r} is registered in gymnasium")
-    attacks = [a for a in args.attacks.split(",") if a and a != "none"] if args.attacks != "all" else []
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown:
-        raise SystemExit(f"error: --attacks: unknown attack(s) {unknown}; choose from {ATTACKS} or 'all'")
+    if args.attacks != "all":
+        from evaluate import ATTACKS
+
+        unknown = [a for a in args.attacks.split(",") if a and a != "none" and a not in ATTACKS]
+        if unknown:
+            raise SystemExit(f"error: --attacks: unknown attack(s) {unknown}; choose from {ATTACKS} or 'all'")
 
 
 def jobs_of(args):
