@@ -295,6 +295,21 @@ def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
     os.replace(path + ".tmp", path)
 
 
+def read_checkpoint(path):
+    """The checkpoint --resume continues from. A file that is not one (truncated, foreign, an exported agent without
+    optimiser state) is one clear error line, before anything in the run directory is touched."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"error: {path} is not a readable checkpoint ({type(e).__name__}); cannot resume it")
+    if not isinstance(checkpoint, dict):
+        raise SystemExit(f"error: {path} is not a checkpoint of a training script (it holds a {type(checkpoint).__name__}); cannot resume it")
+    missing = sorted({"algo", "args", "agent", "optimizer", "obs_rms", "return_rms", "global_step", "iteration"} - set(checkpoint))
+    if missing or not isinstance(checkpoint["args"], dict):
+        raise SystemExit(f"error: {path} is not a checkpoint of a training script (missing {missing or ['args']}); cannot resume it")
+    return checkpoint
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     mujoco.set_mju_user_warning(print_mujoco_warning)
@@ -314,6 +329,21 @@ if __name__ == "__main__":
         raise SystemExit(f"error: --num-minibatches must divide the batch (num_envs * num_steps = {args.batch_size})")
     if not args.max_grad_norm >= 0:
         raise SystemExit(f"error: --max-grad-norm must be >= 0 (0: no clipping), got {args.max_grad_norm}")
+    for flag, value, ok, what in (  # nan fails every comparison
+        ("--learning-rate", args.learning_rate, 0 < args.learning_rate < np.inf, "a finite number > 0"),
+        ("--value-learning-rate", args.value_learning_rate, args.value_learning_rate is None or 0 < args.value_learning_rate < np.inf, "a finite number > 0"),
+        ("--gamma", args.gamma, 0 <= args.gamma <= 1, "in [0, 1]"),
+        ("--gae-lambda", args.gae_lambda, 0 <= args.gae_lambda <= 1, "in [0, 1]"),
+        ("--clip-coef", args.clip_coef, 0 < args.clip_coef < np.inf, "a finite number > 0"),
+        ("--ent-coef", args.ent_coef, 0 <= args.ent_coef < np.inf, "a finite number >= 0"),
+        ("--vf-coef", args.vf_coef, 0 <= args.vf_coef < np.inf, "a finite number >= 0"),
+        ("--target-kl", args.target_kl, args.target_kl is None or 0 < args.target_kl < np.inf, "a finite number > 0"),
+        ("--init-logstd", args.init_logstd, np.isfinite(args.init_logstd), "finite"),
+        ("--hidden-size", args.hidden_size, args.hidden_size >= 1, ">= 1"),
+        ("--save-every", args.save_every, args.save_every >= 0, ">= 0"),
+    ):
+        if not ok:
+            raise SystemExit(f"error: {flag} must be {what}, got {value}")
     if args.resume and args.run_dir is None:
         raise SystemExit("error: --resume needs the --run-dir of the run to continue")
     # ARPO: validate the adversary's flags; epsilon defaults per env
@@ -321,8 +351,8 @@ if __name__ == "__main__":
         args.epsilon = next((e for prefix, e in DEFAULT_EPSILON.items() if args.env_id.startswith(prefix)), None)
         if args.epsilon is None:
             raise SystemExit(f"error: no default --epsilon for {args.env_id}; pass one")
-    if not (args.epsilon >= 0 and args.kappa >= 0):
-        raise SystemExit(f"error: --epsilon and --kappa must be >= 0, got {args.epsilon} and {args.kappa}")
+    if not (0 <= args.epsilon <= 10 and 0 <= args.kappa < np.inf):  # within the observation clip (±10); nan fails
+        raise SystemExit(f"error: --epsilon must be in [0, 10] (the observation clip) and --kappa a finite number >= 0, got {args.epsilon} and {args.kappa}")
     if args.inner_steps < 1 or not 0 <= args.eps_warmup <= 1:
         raise SystemExit("error: --inner-steps must be >= 1 and --eps-warmup in [0, 1]")
     if args.inner_step_size is not None and not args.inner_step_size > 0:
@@ -334,7 +364,15 @@ if __name__ == "__main__":
     ckpt_path = os.path.join(run_dir, "agent.pt")
     if os.path.exists(ckpt_path) and not args.resume:
         raise SystemExit(f"error: {ckpt_path} already exists; choose another --run-dir (or --resume)")
-    writer = SummaryWriter(run_dir)
+    checkpoint = read_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
+    if checkpoint is None and os.path.isdir(run_dir) and any(f.startswith("events.out.tfevents.") for f in os.listdir(run_dir)):
+        if not args.resume:  # the logs of a start that never wrote a checkpoint are never mixed with this run's
+            raise SystemExit(f"error: {run_dir} holds the logs of an earlier start but no checkpoint; choose another --run-dir (or --resume to start over there)")
+        print(f"{run_dir} holds the logs of an earlier start but no checkpoint: starting over (its earlier logs are superseded)", flush=True)
+    # every start marks its first step in the logs (TensorBoard's restart marker): whatever an earlier start logged from
+    # that step on (after the checkpoint this start continues, or all of it) is superseded, in TensorBoard and in
+    # benchmark.py's export alike, so the logs read as the one run that the checkpoint holds
+    writer = SummaryWriter(run_dir, purge_step=1 + (checkpoint["global_step"] if checkpoint is not None else 0))
     writer.add_text(
         "hyperparameters",
         "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
@@ -380,8 +418,7 @@ if __name__ == "__main__":
     # reseeded from (seed, iteration), so a resumed run is reproducible but not bit-identical to an
     # uninterrupted one.
     start_iteration, global_step = 1, 0
-    if args.resume and os.path.exists(ckpt_path):
-        checkpoint = torch.load(ckpt_path, weights_only=True)
+    if checkpoint is not None:
         ignored = {"run_dir", "resume", "save_every", "threads"}
         defaults = vars(Args())  # a flag added after the checkpoint was written counts as at its default
         changed = sorted(k for k, v in vars(args).items() if k not in ignored and checkpoint["args"].get(k, defaults[k]) != v)

@@ -194,11 +194,38 @@ def expand_algos(args):
     return args
 
 
+def check_sweep(args):
+    """Every flag of `run` / `status` with a meaningful range, checked before anything runs; duplicate envs and seeds
+    are dropped (two copies of one job would train into the same run directory at the same time)."""
+    for flag, values in (("--algos", args.algos), ("--envs", args.envs), ("--seeds", args.seeds)):
+        if not values:
+            raise SystemExit(f"error: {flag} needs at least one value")
+    args.envs, args.seeds = list(dict.fromkeys(args.envs)), list(dict.fromkeys(args.seeds))
+    for flag, value, low in (("--eval-episodes", args.eval_episodes, 1), ("--workers", args.workers, 1),
+                             ("--save-every", args.save_every, 0), ("--total-timesteps", args.total_timesteps, 1)):
+        if value is not None and value < low:
+            raise SystemExit(f"error: {flag} must be >= {low}, got {value}")
+    import gymnasium as gym
+
+    for env_id in args.envs:
+        try:
+            gym.spec(env_id)
+        except gym.error.Error:
+            raise SystemExit(f"error: --envs: no environment {env_id!r} is registered in gymnasium")
+    if args.attacks != "all":
+        from evaluate import ATTACKS
+
+        unknown = [a for a in args.attacks.split(",") if a and a != "none" and a not in ATTACKS]
+        if unknown:
+            raise SystemExit(f"error: --attacks: unknown attack(s) {unknown}; choose from {ATTACKS} or 'all'")
+
+
 def jobs_of(args):
     """The sweep as a list of jobs, in a fixed order (the SLURM array index is the position here)."""
     unknown = [a for a in args.algos if a not in ALGOS]
     if unknown:
         raise SystemExit(f"error: unknown algorithm(s) {unknown}; choose from {sorted(ALGOS)} or a group {sorted(ALGO_GROUPS)}")
+    check_sweep(args)
     jobs, root = [], os.path.abspath(args.root)  # absolute: the scripts run with the repo as working directory
     for env_id in args.envs:
         family = env_family(env_id)
@@ -235,12 +262,33 @@ def code_commit(*files):
         return None
 
 
+def kept_episodes(episodes, batch):
+    """The training episodes of the run that a checkpoint holds, from the (step, return) pairs of its logs in the order
+    they were logged. A resume continues from the last checkpoint, written at the end of an iteration, i.e. at a
+    multiple of the batch: when the step goes back, a new start began at S, the last multiple of the batch below its
+    first episode (whose episodes all lie after S), and whatever an earlier start logged after S belongs to training
+    that the resume threw away. The training scripts mark every start in their logs, and TensorBoard then drops those
+    episodes itself; this covers logs written without the mark."""
+    kept = []
+    for step, value in episodes:
+        if kept and step < kept[-1][0]:
+            restart = (step - 1) // batch * batch
+            kept = [e for e in kept if e[0] <= restart]
+        kept.append((step, value))
+    return kept
+
+
 def export_run(run_dir, out_dir):
     """The committed form of a finished training run, written into out_dir: agent.pt without the optimiser
     (networks, observation normaliser, args, versions, and the commits of the code that trained it, enough
-    for evaluate.py and the learned attacks) and curve.csv (step, episodic return of every training episode)."""
+    for evaluate.py and the learned attacks) and curve.csv (step, episodic return of every training episode of
+    the run the checkpoint holds: not those of a start that a resume threw away, see kept_episodes)."""
+    import logging
+
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from evaluate import write_atomically
 
     ckpt = torch.load(os.path.join(run_dir, "agent.pt"), map_location="cpu", weights_only=True)
     if ckpt["iteration"] < ckpt["args"]["num_iterations"]:
@@ -249,15 +297,24 @@ def export_run(run_dir, out_dir):
         del ckpt[key]
     with open(os.path.join(run_dir, "commits.txt")) as f:
         ckpt["commits"] = list(dict.fromkeys(line.strip() for line in f if line.strip()))  # one per (re)start, in order
-    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
-    acc.Reload()
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})  # drops what a marked restart superseded
+    tb_logger = logging.getLogger("tensorboard")
+    level = tb_logger.level
+    tb_logger.setLevel(logging.ERROR)  # not a warning here: a restart's superseded events are meant to go
+    try:
+        acc.Reload()
+    finally:
+        tb_logger.setLevel(level)
     events = acc.Scalars("charts/episodic_return") if "charts/episodic_return" in acc.Tags()["scalars"] else []
+    episodes = kept_episodes([(e.step, e.value) for e in events], ckpt["args"]["num_steps"] * ckpt["args"]["num_envs"])
     os.makedirs(out_dir, exist_ok=True)
-    torch.save(ckpt, os.path.join(out_dir, "agent.pt.tmp"))
-    with open(os.path.join(out_dir, "curve.csv.tmp"), "w") as f:
-        f.write("step,episodic_return\n" + "".join(f"{e.step},{e.value:.1f}\n" for e in events))
-    for name in ("agent.pt", "curve.csv"):
-        os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
+
+    def save_curve(tmp):
+        with open(tmp, "w") as f:
+            f.write("step,episodic_return\n" + "".join(f"{step},{value:.1f}\n" for step, value in episodes))
+
+    write_atomically(os.path.join(out_dir, "curve.csv"), save_curve)
+    write_atomically(os.path.join(out_dir, "agent.pt"), lambda tmp: torch.save(ckpt, tmp))  # last: its presence means exported
 
 
 def run_job(job):
@@ -319,14 +376,45 @@ def learned_attacks(args):
     return names if args.learned else []
 
 
+def read_eval(path):
+    """(report, None) for a usable eval.json, (None, why not) otherwise: unreadable, or without a finite mean return
+    for the natural run and every attack."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+        means = [float(r["mean"]) for r in report["results"].values()]
+        float(report["results"]["natural"]["mean"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return None, f"eval.json is unreadable ({type(e).__name__})"
+    if not all(np.isfinite(means)):
+        return None, "eval.json holds non-finite returns"
+    return report, None
+
+
+def job_problem(job):
+    """Why the exported run of a job must be looked at by hand before the sweep touches it (None if nothing is wrong):
+    an unreadable agent.pt or eval.json, or an evaluation without its agent. Such a run is skipped by name and never
+    counts as done; the sweep does not overwrite what is there."""
+    agent, report = os.path.join(job["out_dir"], "agent.pt"), os.path.join(job["out_dir"], "eval.json")
+    if os.path.exists(agent) and agent_problem(job["out_dir"]):
+        return f"{job['out_dir']}: {agent_problem(job['out_dir'])}"
+    if os.path.exists(report):
+        if not os.path.exists(agent):
+            return f"{job['out_dir']}: eval.json without agent.pt"
+        problem = read_eval(report)[1]
+        if problem:
+            return f"{job['out_dir']}: {problem}"
+    return None
+
+
 def is_complete(job, args):
-    """Evaluated with every attack this sweep asks for, the learned ones included if it trains them."""
+    """Evaluated with every attack this sweep asks for, the learned ones included if it trains them (and nothing wrong
+    with the exported run: see job_problem)."""
     path = os.path.join(job["out_dir"], "eval.json")
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) or job_problem(job):
         return False
     wanted = [] if args.attacks == "all" else [a for a in args.attacks.split(",") if a and a not in ("sarl", "paad", "none")]
-    with open(path) as f:
-        return set(wanted + learned_attacks(args)) <= set(json.load(f)["results"])
+    return set(wanted + learned_attacks(args)) <= set(read_eval(path)[0]["results"])
 
 
 def run(args: Run):
@@ -337,8 +425,13 @@ def run(args: Run):
         if not 0 <= args.only_index < len(jobs):
             raise SystemExit(f"error: --only-index {args.only_index} outside 0..{len(jobs) - 1}")
         jobs = [jobs[args.only_index]]
-    todo = [j for j in jobs if not is_complete(j, args)]
-    print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already complete, {len(todo)} to do with {args.workers} workers", flush=True)
+    problems = {j["name"]: job_problem(j) for j in jobs}
+    skipped = [j["name"] for j in jobs if problems[j["name"]]]
+    todo = [j for j in jobs if not problems[j["name"]] and not is_complete(j, args)]
+    print(f"{len(jobs)} runs, {len(jobs) - len(todo) - len(skipped)} already complete, {len(todo)} to do with {args.workers} workers"
+          + (f", {len(skipped)} skipped" if skipped else ""), flush=True)
+    for name in skipped:
+        print(f"skip {name}: {problems[name]}; move the file aside to redo it", flush=True)
     if args.dry_run:
         for j in todo:
             print(" ".join(j["train"]) + "\n  " + " ".join(j["evaluate"]))
@@ -365,12 +458,13 @@ def run(args: Run):
                   f"elapsed {(time.time() - start) / 60:.1f} min, ETA {eta}", flush=True)
             if status != "ok":
                 failed.append(job["name"])
-    if failed:
-        raise SystemExit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}")
+    if failed or skipped:
+        raise SystemExit(f"error: {len(failed)} run(s) failed, {len(skipped)} skipped: {', '.join(failed + skipped)}")
 
 
 def job_state(job, args):
-    """(short label, minutes of work left) of one job: done / eval (no learned attacks yet) / trained / NN% / other / -."""
+    """(short label, minutes of work left) of one job: done / eval (no learned attacks yet) / trained / NN% / other / bad / -
+    (bad: something is wrong that needs a look, job_problem; None minutes)."""
     import torch
 
     family, algo = env_family(job["name"].split("/")[0]), job["name"].split("/")[1]
@@ -379,19 +473,24 @@ def job_state(job, args):
     factor = ENV_TIME_FACTOR.get(family, 1.0)
     train = RUN_MINUTES.get(algo, RUN_MINUTES.get(algo.split("_k")[0], 20)) * steps / 500_000 * factor
     evaluate = (LEARNED_MINUTES if learned_attacks(args) else EVAL_MINUTES) * factor
+    if job_problem(job):
+        return "bad", None
     if is_complete(job, args):
         return "done", 0
     if os.path.isfile(os.path.join(job["out_dir"], "eval.json")):
         return "eval", evaluate
     if os.path.isfile(os.path.join(job["out_dir"], "agent.pt")):
         return "trained", evaluate
-    try:
-        ckpt = torch.load(os.path.join(job["run_dir"], "agent.pt"), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError):
+    path = os.path.join(job["run_dir"], "agent.pt")
+    if not os.path.isfile(path):
         return "-", train + evaluate
-    if ckpt.get("args", {}).get("total_timesteps") != steps:  # the run directory holds another preset's run
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        total, done = ckpt["args"].get("total_timesteps"), ckpt["iteration"] / ckpt["args"]["num_iterations"]
+    except Exception:  # a truncated or foreign file: training would refuse to resume it
+        return "bad", None
+    if total != steps:  # the run directory holds another preset's run
         return "other", train + evaluate
-    done = ckpt["iteration"] / ckpt["args"]["num_iterations"]
     return f"{100 * done:.0f}%", train * (1 - done) + evaluate
 
 
@@ -404,11 +503,17 @@ def status(args: Status):
     for env_id in args.envs:
         for algo in args.algos:
             print(f"{env_id + '/' + algo:<{width}}" + "".join(f"{states[f'{env_id}/{algo}/s{s}'][0]:>9}" for s in args.seeds))
-    left = [m for _, m in states.values() if m > 0]
+    left = [m for label, m in states.values() if label != "done"]
     print(f"done = evaluated with every attack{' incl. the learned ones' if learned_attacks(args) else ''}; "
           "eval = evaluated without the learned attacks; trained = exported, not evaluated; NN% = training under "
-          f"{args.root}; other = {args.root} holds a run with another budget (run would refuse to resume it); - = not started")
-    print(f"{len(jobs) - len(left)} of {len(jobs)} done; left: {len(left)} runs, about {sum(left) / 60:.1f} core-hours "
+          f"{args.root}; other = {args.root} holds a run with another budget (run would refuse to resume it); "
+          "bad = a file needs a look (below; run skips it); - = not started")
+    for job in jobs:
+        if states[job["name"]][0] == "bad":
+            print(f"bad {job['name']}: {job_problem(job) or os.path.join(job['run_dir'], 'agent.pt') + ': the training checkpoint is unreadable'}")
+    bad = sum(m is None for m in left)
+    print(f"{len(jobs) - len(left)} of {len(jobs)} done; left: {len(left)} runs{f' ({bad} bad)' if bad else ''}, about "
+          f"{sum(m for m in left if m is not None) / 60:.1f} core-hours{' besides the bad ones' if bad else ''} "
           "(estimate from the minutes measured per quick-preset run, RUN_MINUTES, EVAL_MINUTES and LEARNED_MINUTES in benchmark.py)")
 
 
@@ -427,27 +532,59 @@ def agent_problem(seed_dir):
     return f"agent.pt lacks {sorted(missing)}" if missing else None
 
 
+# what an evaluation's numbers depend on besides the agent (evaluate.py writes them into eval.json): runs are pooled only
+# if they agree on all of them
+PROTOCOL = ("epsilon", "num_episodes", "deterministic", "attack_steps", "mad_betas")
+
+
+def protocol_of(report):
+    return tuple(tuple(report[k]) if isinstance(report.get(k), list) else report.get(k) for k in PROTOCOL)
+
+
+def describe_protocol(protocol):
+    """The protocol in words, e.g. 'ε = 0.075, 50 deterministic episodes per attack, 10 attack steps, MAD β = 1, 1e-05'."""
+    eps, episodes, deterministic, steps, betas = protocol
+    actions = {True: "deterministic ", False: "sampled-action "}.get(deterministic, "")
+    return ", ".join([f"ε = {eps:g}", f"{episodes} {actions}episodes per attack" if episodes is not None else "episodes not recorded"]
+                     + ([f"{steps} attack steps"] if steps is not None else [])
+                     + ([f"MAD β = {', '.join(f'{b:g}' for b in betas)}"] if betas is not None else []))
+
+
 def load_results(root):
-    """({env_id: {algo: [report, ...]}}, [runs left out, with why]) from root/<env>/<algo>/s<seed>/eval.json;
-    a run counts only if its agent can be evaluated again."""
-    results, left_out = {}, []
+    """({env_id: {algo: [report, ...]}}, [runs left out, with why], {env_id: protocol}) from
+    root/<env>/<algo>/s<seed>/eval.json. A run counts only if its agent can be evaluated again and it was evaluated
+    under its task's protocol (ε, episodes, attack settings; PROTOCOL): the one most of the task's runs share (the
+    first such run's, on a tie). The others are left out by name: a mean over runs of different protocols means nothing."""
+    candidates, left_out = [], []
     for path in sorted(p for p in glob.glob(os.path.join(root, "*", "*", "s*", "eval.json")) if os.path.isfile(p)):
         seed_dir = os.path.dirname(path)
         env_id, algo = path.split(os.sep)[-4:-2]
-        try:
-            with open(path) as f:
-                report = json.load(f)
-            float(report["results"]["natural"]["mean"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            left_out.append(f"{seed_dir}: eval.json is unreadable ({type(e).__name__})")
-            continue
-        problem = agent_problem(seed_dir)
+        report, problem = read_eval(path)
+        if report is not None and not isinstance(report.get("epsilon"), (int, float)):
+            problem = "eval.json has no epsilon" if "epsilon" not in report else f"eval.json has epsilon {report['epsilon']!r}"
+        elif report is not None and not np.isfinite(report["epsilon"]):
+            problem = f"eval.json has epsilon {report['epsilon']}"
+        problem = problem or agent_problem(seed_dir)
         if problem:
             left_out.append(f"{seed_dir}: {problem}")
             continue
         report["seed_dir"] = seed_dir
+        candidates.append((env_id, algo, report))
+    protocols = {}
+    for env_id in dict.fromkeys(e for e, _, _ in candidates):
+        counts = {}
+        for e, _, report in candidates:
+            if e == env_id:
+                counts[protocol_of(report)] = counts.get(protocol_of(report), 0) + 1
+        protocols[env_id] = max(counts, key=counts.get)  # the first of the most common
+    results = {}
+    for env_id, algo, report in candidates:
+        if protocol_of(report) != protocols[env_id]:
+            left_out.append(f"{report['seed_dir']}: evaluated with {describe_protocol(protocol_of(report))}, not with the "
+                            f"{describe_protocol(protocols[env_id])} of the other {env_id} runs")
+            continue
         results.setdefault(env_id, {}).setdefault(algo, []).append(report)
-    return results, left_out
+    return results, left_out, protocols
 
 
 def bootstrap(score_dict, func, reps, seed=0):
@@ -509,9 +646,13 @@ def write_section(path, key, text, new_file_head=""):
         raise SystemExit(f"error: {path} must contain the markers {begin} ... {end} once each, in this order; fix it by hand")
     new = old[:i] + section + old[j + len(end) :] if i >= 0 else old.rstrip("\n") + "\n\n" + section + "\n"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        f.write(new)
-    os.replace(path + ".tmp", path)
+    from evaluate import write_atomically
+
+    def save(tmp):
+        with open(tmp, "w") as f:
+            f.write(new)
+
+    write_atomically(path, save)
 
 
 MIN_SEEDS_FOR_VERDICT = 3
@@ -679,7 +820,7 @@ def kappa_study(results, args, name):
 
 
 def aggregate(args: Aggregate):
-    results, left_out = load_results(args.root)
+    results, left_out, protocols = load_results(args.root)
     for line in left_out:
         print(f"left out {line}", file=sys.stderr)
     if not results:
@@ -700,7 +841,8 @@ def aggregate(args: Aggregate):
     lines = [f"## {args.title or args.root}", "",
              f"Aggregated by `python benchmark.py aggregate --root {args.root}` from {n_runs} evaluated runs"
              + (f" ({len(left_out)} left out: " + "; ".join(left_out) + ")" if left_out else "") + ". "
-             "Each run's score is the mean return of 50 deterministic episodes. Cells: interquartile mean (IQM) over "
+             "Each run's score is its mean return over the episodes of its task's protocol (under each task's heading; "
+             "every run of a task was evaluated under the same one). Cells: interquartile mean (IQM) over "
              f"seeds [95 % stratified-bootstrap confidence interval, {args.bootstrap_reps} resamples] (rliable; with fewer "
              "than 4 seeds the IQM is the plain mean); attack columns: IQM alone. Worst case = minimum over the attacks "
              "every run of that algorithm faced (column 'over'); robustness = (worst − natural) / natural, over the runs with a natural return above 0.", ""]
@@ -709,7 +851,6 @@ def aggregate(args: Aggregate):
         seen = {a for reps in by_algo.values() for r in reps for a in r["results"] if a != "natural"}
         attacks = [a for a in ATTACKS if a in seen] + sorted(seen - set(ATTACKS))  # evaluate.py's order
         by_algo = dict(sorted(by_algo.items(), key=lambda kv: list(ALGOS).index(kv[0]) if kv[0] in ALGOS else len(ALGOS)))
-        eps = sorted({r["epsilon"] for reps in by_algo.values() for r in reps})
         steps = sorted({r["global_step"] for reps in by_algo.values() for r in reps if r.get("global_step")})
         natural = {a: [r["results"]["natural"]["mean"] for r in reps] for a, reps in by_algo.items()}
         # each algorithm's worst case over the attacks all its runs faced, so that a row never mixes seeds attacked by
@@ -724,7 +865,8 @@ def aggregate(args: Aggregate):
         def iqm(values, fmt="{:.0f}"):
             return fmt.format(metrics.aggregate_iqm(np.asarray(values, dtype=float))) if values else "–"
 
-        lines += [f"### {env_id} (ε = {', '.join(map(str, eps))})", "",
+        lines += [f"### {env_id} (ε = {protocols[env_id][0]:g})", "",
+                  f"Protocol (from the runs' eval.json): {describe_protocol(protocols[env_id])}.", "",
                   "| algorithm | seeds | natural | " + " | ".join(attacks) + " | worst case | over | robustness |",
                   "|---|---|---|" + "---|" * len(attacks) + "---|---|---|"]
         for algo, reps in by_algo.items():

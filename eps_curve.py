@@ -22,7 +22,6 @@ point (four attacks, 50 episodes, Robust Sarsa's Q model cached) took 0.6-1.7 mi
 PA-AD adversary at a new radius costs what the sweep's PA-AD costs, 5-8 min, so about 10-12 min per agent
 with the default --paad-multiples 1 2.
 """
-import json
 import os
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from typing import List, Optional
 import numpy as np
 import tyro
 
-from benchmark import ALGOS, write_section
+from benchmark import ALGOS, agent_problem, read_eval, write_section
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 GRADIENT = ["random", "critic", "mad", "rs"]
@@ -72,17 +71,24 @@ def gradient_worst(report):
     return min(values) if values else None
 
 
-def median_agent(seed_dirs):
+def median_agent(seed_dirs, skipped=None):
     """(seed directory, its eval.json, the gradient worst cases of all seeds): the seed whose worst case over the
     gradient attacks is the median of the seeds' (lower middle for an even count). The gradient attacks, not the
     eval.json worst case, because every seed faced them and they are what the curve plots: a seed not yet attacked
-    by the learned adversaries would otherwise look stronger than it is."""
+    by the learned adversaries would otherwise look stronger than it is. A seed whose eval.json or agent.pt cannot
+    be read is no candidate; it is named in `skipped` (a list) if given."""
     scored = []
     for d in seed_dirs:
-        with open(os.path.join(d, "eval.json")) as f:
-            report = json.load(f)
+        report, problem = read_eval(os.path.join(d, "eval.json"))
+        if problem is None and os.path.isfile(os.path.join(d, "agent.pt")):
+            problem = agent_problem(d)
+        if problem is not None:
+            if skipped is not None:
+                skipped.append(f"{d}: {problem}")
+            continue
         score = gradient_worst(report)
-        if "epsilon" in report and score is not None and os.path.isfile(os.path.join(d, "agent.pt")):
+        if isinstance(report.get("epsilon"), (int, float)) and np.isfinite(report["epsilon"]) and score is not None \
+                and os.path.isfile(os.path.join(d, "agent.pt")):
             scored.append((score, d, report))
     if not scored:
         return None, None, []
@@ -122,11 +128,8 @@ def cached(path, wanted):
     """A point's JSON if it exists and was evaluated with the wanted protocol, else None (then it is redone;
     evaluate.py replaces the file only once the new evaluation has finished). --evaluate-args are not recorded
     in the JSON: after changing them, delete the eval_eps*.json files to redo the points."""
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        point = json.load(f)
-    return point if all(point.get(k) == v for k, v in wanted.items()) else None
+    point = read_eval(path)[0] if os.path.isfile(path) else None  # an unreadable point is redone, like a missing one
+    return point if point is not None and all(point.get(k) == v for k, v in wanted.items()) else None
 
 
 def evaluate(job, flags):
@@ -169,8 +172,11 @@ def curve(seed_dir, report, multiples, paad_multiples, wanted):
 
 
 def main(args):
-    if (args.num_episodes is not None and args.num_episodes < 1) or args.workers < 1 or min(args.multiples + args.paad_multiples, default=0) < 0:
-        raise SystemExit("error: --num-episodes and --workers must be positive and the multiples >= 0")
+    if (args.num_episodes is not None and args.num_episodes < 1) or args.workers < 1:
+        raise SystemExit("error: --num-episodes and --workers must be positive")
+    for flag, values in (("--multiples", args.multiples), ("--paad-multiples", args.paad_multiples)):
+        if not all(0 <= m < np.inf for m in values):  # nan fails
+            raise SystemExit(f"error: {flag} must be finite numbers >= 0, got {' '.join(map(str, values))}")
     args.multiples = sorted(set(args.multiples))
     args.paad_multiples = sorted({m for m in args.paad_multiples if m > 0})  # PA-AD at radius 0 is the natural return
     unknown = [a for a in args.algos if a not in ALGOS]
@@ -178,7 +184,7 @@ def main(args):
         raise SystemExit(f"error: unknown algorithm(s) {', '.join(unknown)}; known: {', '.join(ALGOS)}")
     shown_root = args.root  # as given, for the report; evaluate.py runs from the repository, wherever this was called from
     args.root = os.path.abspath(args.root)
-    agents, notes = {}, []  # (env, algo) -> (seed_dir, report, the seeds' gradient worst cases)
+    agents, notes, skipped = {}, [], []  # (env, algo) -> (seed_dir, report, the seeds' gradient worst cases)
     for env_id in args.envs:
         env_dir = os.path.join(args.root, env_id)
         if not os.path.isdir(env_dir):
@@ -187,7 +193,7 @@ def main(args):
         for algo in algos:
             seeds = sorted(os.path.join(env_dir, algo, s) for s in os.listdir(os.path.join(env_dir, algo))
                            if os.path.isfile(os.path.join(env_dir, algo, s, "eval.json"))) if os.path.isdir(os.path.join(env_dir, algo)) else []
-            seed_dir, report, spread = median_agent(seeds)
+            seed_dir, report, spread = median_agent(seeds, skipped)
             if seed_dir is None:
                 notes.append(f"note: {env_id}/{algo} has no run evaluated with the gradient attacks; left out")
                 continue
@@ -195,8 +201,15 @@ def main(args):
     if not agents:
         raise SystemExit(f"error: no evaluated run (agent.pt and eval.json with the gradient attacks) for "
                          f"{', '.join(args.envs)}{' / ' + ', '.join(args.algos) if args.algos else ''} under {args.root}")
-    for note in notes:
+    for note in notes + [f"note: skipped {s}" for s in skipped]:
         print(note, file=sys.stderr)
+    from evaluate import OBS_CLIP
+
+    for (env_id, algo), (seed_dir, report, _) in agents.items():  # every radius of the curve within the observation clip
+        largest = max(args.multiples + args.paad_multiples, default=0) * report["epsilon"]
+        if largest > OBS_CLIP:
+            raise SystemExit(f"error: --multiples / --paad-multiples reach ε = {largest:g} for {env_id}/{algo} "
+                             f"(ε = {report['epsilon']:g}), beyond the observation clip ±{OBS_CLIP:g}")
     jobs, flags, wanted = [], {}, {}
     for seed_dir, report, _ in agents.values():
         jobs += jobs_of(seed_dir, report, args.multiples, args.paad_multiples)

@@ -24,12 +24,20 @@ evaluated twice, with its mean action (as the literature does) and with actions 
 (the stochastic policy it was trained as), and the stronger is reported. `--attacks all` includes them
 when present and prints the command that trains a missing one; `--train-learned` trains the missing ones
 first (default budgets: 1M steps, about 5 min each of one core for Hopper; TensorBoard logs next to the
-checkpoint in <attack>_eps<eps>_tb/).
+checkpoint in <attack>_eps<eps>_tb/). It never replaces an adversary that is there: a file it cannot use
+(trained against another sha1, unreadable) is a one-line error; move it aside, or retrain it with the attack
+script's --overwrite.
+
+Every input is checked before the first episode: the flags (eps and rs_eps within the observation clip
+[0, 10], MAD's betas finite), the checkpoint, a cached Robust Sarsa model, and the output path (its directory
+must exist). The JSON is written to a temporary file of its own (tempfile.mkstemp) and moved into place.
 """
 import hashlib
 import json
+import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -45,6 +53,7 @@ import attacks
 from spo_ppo import Agent, print_mujoco_warning
 
 DEFAULT_EPS = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}
+OBS_CLIP = 10.0  # normalised observations are clipped to +-OBS_CLIP (the training scripts' clip, `obs_clip` in checkpoints)
 ATTACKS = ["random", "critic", "mad", "rs", "sarl", "paad"]
 LEARNED_ATTACKS = ["sarl", "paad"]  # need an adversary trained by sarl_attack.py / paad_attack.py
 
@@ -113,6 +122,8 @@ def load_checkpoint(path, env_id=None):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise SystemExit(f"error: {path!r} is not a readable checkpoint ({type(e).__name__})")
+    if not isinstance(ckpt, dict):
+        raise SystemExit(f"error: {path!r} is not a checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
     missing = {"env_id", "obs_shape", "action_shape", "hidden_size", "agent", "obs_rms"} - set(ckpt)
     if missing:
         raise SystemExit(f"error: {path!r} is not a self-describing checkpoint (missing {sorted(missing)})")
@@ -130,8 +141,20 @@ def load_checkpoint(path, env_id=None):
             f"error: checkpoint expects obs {ckpt['obs_shape']} / action {ckpt['action_shape']}, "
             f"but {env_id} has obs {obs_shape} / action {act_shape}"
         )
-    agent = Agent(int(np.prod(obs_shape)), int(np.prod(act_shape)), ckpt["hidden_size"])
-    agent.load_state_dict(ckpt["agent"])
+    rms = ckpt["obs_rms"]
+    try:
+        rms_ok = all(list(rms[k].shape) == obs_shape and bool(torch.isfinite(rms[k]).all()) for k in ("mean", "var"))
+        rms_ok = rms_ok and math.isfinite(rms["count"]) and rms["count"] > 0
+    except (TypeError, KeyError, AttributeError):
+        rms_ok = False
+    if not rms_ok:
+        raise SystemExit(f"error: {path!r} has no usable observation statistics (obs_rms needs finite mean and var of shape {obs_shape})")
+    try:
+        agent = Agent(int(np.prod(obs_shape)), int(np.prod(act_shape)), int(ckpt["hidden_size"]))
+        agent.load_state_dict(ckpt["agent"])
+    except (RuntimeError, TypeError, ValueError, AttributeError) as e:
+        raise SystemExit(f"error: {path!r}: its networks do not match its sizes (hidden_size {ckpt['hidden_size']!r}; "
+                         f"{type(e).__name__}: {str(e).strip().splitlines()[0][:150] if str(e).strip() else ''})")
     agent.eval()
     for p in agent.parameters():
         p.requires_grad_(False)
@@ -159,7 +182,7 @@ def make_eval_env(env_id, obs_rms, render=None):
         env.obs_rms.var = obs_rms["var"].numpy().copy()
         env.obs_rms.count = float(obs_rms["count"])
         env.update_running_mean = False
-        env = gym.wrappers.TransformObservation(env, lambda obs: np.clip(obs, -10, 10), env.observation_space)
+        env = gym.wrappers.TransformObservation(env, lambda obs: np.clip(obs, -OBS_CLIP, OBS_CLIP), env.observation_space)
         return env
 
     return thunk
@@ -294,19 +317,71 @@ def file_sha1(path):
         return hashlib.sha1(f.read()).hexdigest()
 
 
+def write_atomically(path, save):
+    """Write a file by save(temporary path) and move it into place: a reader never sees half a file, a failed write
+    leaves `path` as it was, and the temporary file has a name of its own (tempfile.mkstemp, in path's directory), so
+    two writers of the same path never share one. The file gets the permissions of an ordinary new file (umask)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def output_problem(path):
+    """Why `path` cannot be written as an output file (None if it can): checked before the work that produces it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return f"{path} is a directory; give a file name"
+    if not os.path.isdir(directory):
+        return f"the directory of {path} does not exist; create it first"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"the directory of {path} is not writable"
+    return None
+
+
+def check_epsilon(eps, flag="--epsilon"):
+    """An attack radius must be a number in [0, OBS_CLIP]: beyond the observation clip a ball is no constraint at all."""
+    if not 0 <= eps <= OBS_CLIP:  # nan fails both
+        raise SystemExit(f"error: {flag} must be in [0, {OBS_CLIP:g}] (normalised observations are clipped to ±{OBS_CLIP:g}), got {eps}")
+
+
+def robust_sarsa_paths(ckpt_path, args):
+    """((rs_eps, rs_reg), cache path) of every Q model of the RS attack."""
+    grid = [(e, r) for e in (0.02, 0.05, 0.1) for r in (0.1, 1.0)] if args.rs_grid else [(args.rs_eps, args.rs_reg)]
+    directory = os.path.dirname(os.path.abspath(ckpt_path))
+    return [((e, r), os.path.join(directory, f"rs_q_eps{e:g}_reg{r:g}_steps{args.rs_steps}_ep{args.rs_epochs}.pt")) for e, r in grid]
+
+
+def read_robust_sarsa_cache(path, obs_dim, act_dim):
+    """(victim sha1, Q network) of a cached Robust Sarsa model; a file that is not one is a one-line error (it is
+    never replaced: delete it to train the model again)."""
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        q_net = QNetwork(obs_dim, act_dim)
+        q_net.load_state_dict(cached["q_net"])
+        return str(cached["victim_sha1"]), q_net
+    except Exception as e:
+        raise SystemExit(f"error: {path} is not a readable Robust Sarsa cache ({type(e).__name__}); delete it to train the Q model again")
+
+
 def robust_sarsa_models(agent, ckpt_path, ckpt, args, digest):
     """The Q models of the RS attack: cached next to the checkpoint (keyed by its sha1 `digest`) or trained now."""
-    grid = [(e, r) for e in (0.02, 0.05, 0.1) for r in (0.1, 1.0)] if args.rs_grid else [(args.rs_eps, args.rs_reg)]
     obs_dim, act_dim = int(np.prod(ckpt["obs_shape"])), int(np.prod(ckpt["action_shape"]))
     data, models = None, []
-    for rs_eps, rs_reg in grid:
-        name = f"rs_q_eps{rs_eps:g}_reg{rs_reg:g}_steps{args.rs_steps}_ep{args.rs_epochs}.pt"
-        path = os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), name)
+    for (rs_eps, rs_reg), path in robust_sarsa_paths(ckpt_path, args):
+        name = os.path.basename(path)
         if os.path.isfile(path):
-            cached = torch.load(path, weights_only=True)
-            if cached["victim_sha1"] == digest:
-                q_net = QNetwork(obs_dim, act_dim)
-                q_net.load_state_dict(cached["q_net"])
+            victim_sha1, q_net = read_robust_sarsa_cache(path, obs_dim, act_dim)
+            if victim_sha1 == digest:
                 q_net.requires_grad_(False)
                 print(f"  rs: reusing {name}")
                 models.append(((rs_eps, rs_reg), q_net))
@@ -315,9 +390,8 @@ def robust_sarsa_models(agent, ckpt_path, ckpt, args, digest):
         if data is None:
             data = collect_sarsa_data(agent, ckpt["env_id"], ckpt["obs_rms"], args.rs_steps, seed=args.seed + 1)
         q_net, history = train_robust_sarsa(agent, data, rs_eps, rs_reg, args.rs_epochs, seed=args.seed)
-        torch.save({"q_net": q_net.state_dict(), "victim_sha1": digest, "td_loss": history, "rs_eps": rs_eps, "rs_reg": rs_reg},
-                   f"{path}.{os.getpid()}.tmp")
-        os.replace(f"{path}.{os.getpid()}.tmp", path)  # atomic: a parallel evaluation never reads a half-written cache
+        cache = {"q_net": q_net.state_dict(), "victim_sha1": digest, "td_loss": history, "rs_eps": rs_eps, "rs_reg": rs_reg}
+        write_atomically(path, lambda tmp: torch.save(cache, tmp))  # a parallel evaluation never reads a half-written cache
         print(f"  rs: trained {name} on {len(data[0])} transitions in {time.time() - t0:.0f} s (TD loss {history[0]:.3f} -> {history[-1]:.3f})")
         models.append(((rs_eps, rs_reg), q_net))
     return models
@@ -400,11 +474,18 @@ def check_video_backend():
 if __name__ == "__main__":
     args = tyro.cli(Args)
     mujoco.set_mju_user_warning(print_mujoco_warning)
+    # every flag is checked before any work (and before anything is written)
+    if args.epsilon is not None:
+        check_epsilon(args.epsilon)
+    check_epsilon(args.rs_eps, "--rs-eps")
+    for flag, value in (("--num-episodes", args.num_episodes), ("--attack-steps", args.attack_steps), ("--threads", args.threads),
+                        ("--rs-steps", args.rs_steps), ("--rs-epochs", args.rs_epochs), ("--video-episodes", args.video_episodes),
+                        ("--video-frames", args.video_frames), ("--video-size", args.video_size)):
+        if value < 1:
+            raise SystemExit(f"error: {flag} must be >= 1, got {value}")
+    if not 0 <= args.rs_reg < math.inf:
+        raise SystemExit(f"error: --rs-reg must be a finite number >= 0, got {args.rs_reg}")
     torch.set_num_threads(args.threads)
-    if args.epsilon is not None and not args.epsilon >= 0:
-        raise SystemExit(f"error: --epsilon must be >= 0, got {args.epsilon}")
-    if args.num_episodes < 1 or args.attack_steps < 1:
-        raise SystemExit("error: --num-episodes and --attack-steps must be positive")
     names = list(ATTACKS) if args.attacks == "all" else [a for a in args.attacks.split(",") if a and a != "none"]
     unknown = [a for a in names if a not in ATTACKS]
     if unknown:
@@ -413,8 +494,10 @@ if __name__ == "__main__":
         mad_betas = [float(b) for b in args.mad_betas.split(",")]
     except ValueError:
         raise SystemExit(f"error: --mad-betas must be comma-separated numbers, got {args.mad_betas!r}")
-    if not mad_betas or min(mad_betas) < 0:
-        raise SystemExit(f"error: --mad-betas must be >= 0, got {args.mad_betas!r}")
+    if not mad_betas or not all(0 <= b < math.inf for b in mad_betas):
+        raise SystemExit(f"error: --mad-betas must be finite numbers >= 0, got {args.mad_betas!r}")
+    if args.output is not None and output_problem(args.output):
+        raise SystemExit(f"error: --output: {output_problem(args.output)}")
     if args.capture_video:
         check_video_backend()
 
@@ -423,16 +506,35 @@ if __name__ == "__main__":
     eps = args.epsilon if args.epsilon is not None else default_epsilon(env_id)
     ckpt_dir = os.path.dirname(os.path.abspath(args.checkpoint))
     video_dir = args.video_dir or os.path.join("videos", os.path.basename(ckpt_dir))
+    # the default name says which attacks ran, so a quick `--attacks random` never replaces a full `--attacks all`
+    suffix = "" if args.attacks == "all" else "_" + ("-".join(a for a in ATTACKS if a in names) or "natural")
+    out = args.output or os.path.join(ckpt_dir, f"eval_eps{eps:g}{suffix}.json")
+    if output_problem(out):
+        raise SystemExit(f"error: cannot write the results: {output_problem(out)}")
+    if "rs" in names:  # a cached Q model that cannot be read is an error now, not after the other attacks ran
+        for _, path in robust_sarsa_paths(args.checkpoint, args):
+            if os.path.isfile(path):
+                read_robust_sarsa_cache(path, int(np.prod(ckpt["obs_shape"])), int(np.prod(ckpt["action_shape"])))
     print(f"{args.checkpoint}: {ckpt.get('algo', '?')} on {env_id}, {ckpt.get('global_step', '?')} steps; eps = {eps}")
 
     victim_sha1 = file_sha1(args.checkpoint)
-    learned = {}  # sarl / paad: (adversary network, its checkpoint), trained beforehand against this checkpoint
+    learned, missing = {}, {}  # sarl / paad: (adversary network, its checkpoint), trained beforehand against this checkpoint
     for name in [n for n in names if n in LEARNED_ATTACKS]:
         found, why = load_learned_adversary(name, args.checkpoint, eps, victim_sha1)
-        if found is None and args.train_learned:
+        path = learned_attack_script(name).adversary_path(args.checkpoint, eps)
+        if found is None and args.train_learned and os.path.exists(path):  # --train-learned adds adversaries, never replaces one
+            raise SystemExit(f"error: --train-learned does not replace {path}: {why}; move it aside to train a new one")
+        if found is None:
+            missing[name] = why
+        else:
+            learned[name] = found
+    for name, why in missing.items():
+        if args.train_learned:
             print(f"  {name}: {why}; training one now (--train-learned)", flush=True)
             train_learned_adversary(name, args.checkpoint, eps, args.learned_args)
             found, why = load_learned_adversary(name, args.checkpoint, eps, victim_sha1)
+        else:
+            found = None
         if found is None:
             how = f"train one with `python {name}_attack.py {args.checkpoint} --epsilon {eps:g}` or pass --train-learned"
             if args.attacks != "all":
@@ -441,7 +543,8 @@ if __name__ == "__main__":
             names.remove(name)
         else:
             learned[name] = found
-            print(f"  {name}: using {found[1]['path']} ({found[1]['global_step']} training steps)")
+    for name in [n for n in names if n in learned]:
+        print(f"  {name}: using {learned[name][1]['path']} ({learned[name][1]['global_step']} training steps)")
 
     # every attack is a list of variants (MAD's betas, Robust Sarsa's Q models, ...); each variant is evaluated
     # and the attack's result is its strongest variant (lowest mean return)
@@ -514,9 +617,6 @@ if __name__ == "__main__":
         lines += [f"| robustness (worst − natural)/natural | {robustness:+.1%} |" if robustness is not None else "| robustness | n/a |"]
     print("\n" + "\n".join(lines))
 
-    # the default name says which attacks ran, so a quick `--attacks random` never replaces a full `--attacks all`
-    suffix = "" if args.attacks == "all" else "_" + ("-".join(a for a in ATTACKS if a in names) or "natural")
-    out = args.output or os.path.join(ckpt_dir, f"eval_eps{eps:g}{suffix}.json")
     report = {
         "checkpoint": os.path.abspath(args.checkpoint), "env_id": env_id, "algo": ckpt.get("algo"),
         "global_step": ckpt.get("global_step"), "epsilon": eps, "num_episodes": args.num_episodes,
@@ -528,7 +628,9 @@ if __name__ == "__main__":
             for name, (_, adv) in learned.items()
         },
     }
-    with open(out + ".tmp", "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(out + ".tmp", out)
+    def save(tmp):
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=2)
+
+    write_atomically(out, save)
     print(f"wrote {out}")

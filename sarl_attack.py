@@ -22,9 +22,11 @@ statistics are only used during training and are stored in the checkpoint for th
 Output: `<victim_dir>/sarl_eps<eps>.pt` (or --output): the adversary's state dict and sizes, eps, the
 sha1 of the victim checkpoint it was trained against (evaluate.py ignores a stale adversary), this
 script's args, training steps, the reward normaliser statistics and, with --grid, every setting's score.
-It is written to a .tmp file and moved into place only at the end: a failed run never overwrites it.
-`python evaluate.py <victim> --attacks sarl` then evaluates it with its mean action a and with sampled
-actions, and reports the stronger.
+It is written to a temporary file of its own and moved into place only at the end: a failed run never overwrites
+it. An adversary already at the output path (e.g. a committed one next to an exported agent) is never replaced
+silently: the script refuses before training unless --overwrite is given (--output trains one elsewhere, where
+evaluate.py does not look). `python evaluate.py <victim> --attacks sarl` then evaluates it with its mean action
+a and with sampled actions, and reports the stronger.
 
 Why an entropy bonus: with CleanRL's PPO defaults (lr 3e-4, no entropy bonus) the adversary's
 std shrinks from the start (entropy 15.6 -> 13.6 in 300k steps on a Hopper SPO victim) while the victim's
@@ -70,6 +72,7 @@ sarl may be higher than the literature's search would give (our attack may be we
 
     python sarl_attack.py runs/<run>/agent.pt                    # default budget, eps per env
     python sarl_attack.py runs/<run>/agent.pt --grid             # 3 learning rates, keep the strongest
+    python sarl_attack.py runs/<run>/agent.pt --overwrite        # train again, replacing the existing sarl_eps<eps>.pt
     python evaluate.py runs/<run>/agent.pt --attacks all         # now includes sarl
 """
 import copy
@@ -107,6 +110,8 @@ class Args:
     """environment (default: the victim's; a different one is refused)"""
     output: Optional[str] = None
     """where to write the adversary (default: <victim_dir>/sarl_eps<eps>.pt, where evaluate.py looks for it)"""
+    overwrite: bool = False
+    """replace the file at the output path if there is one (without it an existing adversary, e.g. a committed one, is never replaced)"""
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run directory name)"""
     seed: int = 1
@@ -480,15 +485,14 @@ def save_adversary(path, adversary, info, args, eps, victim_ckpt, victim_sha1, g
             "numpy": np.__version__,
         },
     }
-    torch.save(checkpoint, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    evaluate.write_atomically(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def main(args):
     """Check the inputs, train the adversary (or the grid of them), keep the strongest, save it. Returns its path."""
+    if args.epsilon is not None:
+        evaluate.check_epsilon(args.epsilon)
     victim, victim_ckpt = evaluate.load_checkpoint(args.victim, args.env_id)
-    if args.epsilon is not None and not args.epsilon >= 0:
-        raise SystemExit(f"error: --epsilon must be >= 0, got {args.epsilon}")
     eps = args.epsilon if args.epsilon is not None else evaluate.default_epsilon(victim_ckpt["env_id"])
     args.epsilon = eps
     if args.literature_budget:
@@ -499,6 +503,24 @@ def main(args):
         raise SystemExit("error: " + ", ".join("--" + n.replace("_", "-") for n in positive) + " must be positive")
     if not (args.ent_coef >= 0 and args.early_stop_window >= 0 and args.early_stop_min_drop >= 0):
         raise SystemExit("error: --ent-coef, --early-stop-window and --early-stop-min-drop must be >= 0")
+    for flag, value, ok, what in (  # nan fails every comparison
+        ("--learning-rate", args.learning_rate, args.learning_rate < np.inf, "finite"),
+        ("--ent-coef", args.ent_coef, args.ent_coef < np.inf, "finite"),
+        ("--early-stop-min-drop", args.early_stop_min_drop, args.early_stop_min_drop < np.inf, "finite"),
+        ("--gamma", args.gamma, 0 <= args.gamma <= 1, "in [0, 1]"),
+        ("--gae-lambda", args.gae_lambda, 0 <= args.gae_lambda <= 1, "in [0, 1]"),
+        ("--clip-coef", args.clip_coef, 0 < args.clip_coef < np.inf, "a finite number > 0"),
+        ("--vf-coef", args.vf_coef, 0 <= args.vf_coef < np.inf, "a finite number >= 0"),
+        ("--max-grad-norm", args.max_grad_norm, args.max_grad_norm > 0, "> 0"),
+        ("--target-kl", args.target_kl, args.target_kl is None or 0 < args.target_kl < np.inf, "a finite number > 0"),
+        ("--init-logstd", args.init_logstd, np.isfinite(args.init_logstd), "finite"),
+        ("--hidden-size", args.hidden_size, args.hidden_size >= 1, ">= 1"),
+        ("--threads", args.threads, args.threads >= 1, ">= 1"),
+        ("--grid-learning-rates", list(args.grid_learning_rates), not args.grid or (args.grid_learning_rates and all(0 < v < np.inf for v in args.grid_learning_rates)), "finite numbers > 0"),
+        ("--grid-ent-coefs", list(args.grid_ent_coefs), not args.grid or (args.grid_ent_coefs and all(0 <= v < np.inf for v in args.grid_ent_coefs)), "finite numbers >= 0"),
+    ):
+        if not ok:
+            raise SystemExit(f"error: {flag} must be {what}, got {value}")
     if not all(0 < step <= args.total_timesteps for step in args.eval_at):
         raise SystemExit(f"error: every --eval-at step must be in (0, --total-timesteps = {args.total_timesteps}], got {list(args.eval_at)}")
     args.batch_size = int(args.num_envs * args.num_steps)
@@ -506,8 +528,12 @@ def main(args):
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
     if args.minibatch_size < 1:
         raise SystemExit("error: --num-minibatches is larger than the batch (num_envs * num_steps)")
-    torch.set_num_threads(args.threads)
     out = args.output or adversary_path(args.victim, eps)
+    if evaluate.output_problem(out):
+        raise SystemExit(f"error: cannot write the adversary: {evaluate.output_problem(out)}")
+    if os.path.exists(out) and not args.overwrite:  # e.g. a committed adversary next to an exported agent
+        raise SystemExit(f"error: {out} exists; pass --overwrite to replace it, or --output to write the new adversary elsewhere")
+    torch.set_num_threads(args.threads)
     victim_sha1 = evaluate.file_sha1(args.victim)
     run_name = f"{victim_ckpt['env_id']}__{args.exp_name}__eps{eps:g}__{args.seed}__{int(time.time())}"
     run_dir = args.run_dir or os.path.join("runs", run_name)

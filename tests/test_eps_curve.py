@@ -3,6 +3,8 @@ import json
 import os
 import shutil
 
+import torch
+
 from conftest import REPO, assert_one_line_error, run_script
 from eps_curve import jobs_of, median_agent
 
@@ -14,7 +16,7 @@ def test_median_agent_is_the_middle_gradient_worst_case(tmp_path):
     for seed, (worst, learned) in enumerate([(500, 20), (100, None), (300, None), (900, None)], 1):
         d = tmp_path / f"s{seed}"
         d.mkdir()
-        (d / "agent.pt").write_bytes(b"")
+        torch.save({"env_id": "Hopper-v5", "agent": {}, "obs_rms": {}}, d / "agent.pt")  # a readable agent: a candidate
         results = {"natural": {"mean": 1000}, "random": {"mean": worst + 1}, "mad": {"mean": worst}}
         results.update({"paad": {"mean": learned}} if learned is not None else {})
         (d / "eval.json").write_text(json.dumps({"epsilon": 0.075, "results": results,

@@ -209,7 +209,7 @@ def test_nan_loss_is_one_line_error_and_keeps_the_existing_adversary(name, tiny_
     existing = victim.parent / f"{name}_eps0.075.pt"
     existing.write_bytes(b"an earlier adversary")
     # an infinite std makes every log-probability NaN
-    proc = run_script(SCRIPTS[name], victim, *TINY_ADV, "--init-logstd", "1000", "--run-dir", tmp_path / "tb", check=False)
+    proc = run_script(SCRIPTS[name], victim, *TINY_ADV, "--init-logstd", "1000", "--overwrite", "--run-dir", tmp_path / "tb", check=False)
     assert_one_line_error(proc, "non-finite")
     assert existing.read_bytes() == b"an earlier adversary"
     assert not list(victim.parent.glob("*.tmp"))
@@ -256,9 +256,9 @@ def test_early_stop_stops_and_records_where(name, tiny_spo_checkpoint, tmp_path)
     assert "early stop at step 256" in proc.stdout
     means = adv["early_stop_window_means"]  # the adversary saved is the one of the window with the lowest victim return
     assert adv["kept_step"] == 128 * (1 + means.index(min(means)))
-    # without the early stop (window 0) the same flags train the whole budget
+    # without the early stop (window 0) the same flags train the whole budget (replacing the first adversary: --overwrite)
     run_script(SCRIPTS[name], victim, *TINY_ADV, "--total-timesteps", "1280", "--early-stop-window", "0",
-               "--early-stop-patience", "1", "--early-stop-min-drop", "1e9", "--run-dir", tmp_path / "tb0")
+               "--early-stop-patience", "1", "--early-stop-min-drop", "1e9", "--overwrite", "--run-dir", tmp_path / "tb0")
     adv = torch.load(victim.parent / f"{name}_eps0.075.pt", weights_only=True)
     assert adv["early_stop_step"] is None and adv["global_step"] == adv["kept_step"] == 1280
 
