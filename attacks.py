@@ -59,10 +59,10 @@ def mlp_input_grad(net, x, head_grad):
     layers = list(net) if isinstance(net, torch.nn.Sequential) else []
     with torch.no_grad():
         if not layers or not all(isinstance(m, (torch.nn.Linear, torch.nn.Tanh)) for m in layers):
-            x = x.detach().requires_grad_(True)
-            with torch.enable_grad():
+            with torch.inference_mode(False), torch.enable_grad():  # also when called from an inference-mode rollout
+                x = x.detach().clone().requires_grad_(True)
                 y = net(x)
-            return torch.autograd.grad(y, x, grad_outputs=head_grad(y.detach()))[0]
+                return torch.autograd.grad(y, x, grad_outputs=head_grad(y.detach()).clone())[0]
         outputs = [x]  # the input of every layer, then the output mu
         for m in layers:
             outputs.append(torch.addmm(m.bias, outputs[-1], m.weight.t()) if isinstance(m, torch.nn.Linear) else torch.tanh(outputs[-1]))

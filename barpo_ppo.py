@@ -268,6 +268,7 @@ def save_checkpoint(path, agent, optimizer, envs, args, global_step, iteration):
         "action_shape": list(envs.single_action_space.shape),
         "hidden_size": args.hidden_size,
         "script": os.path.basename(__file__),  # evaluation and the learned attacks rebuild the network with this script's Agent
+        "script_path": os.path.abspath(__file__),  # (found there if the repository has no script of that name)
         "network": repr(agent),  # its layers and activations: a later change to Agent is refused, never loaded silently
         "agent": agent.state_dict(),
         "optimizer": optimizer.state_dict(),

@@ -295,6 +295,7 @@ def export_run(run_dir, out_dir):
         raise RuntimeError(f"{run_dir}/agent.pt stopped at iteration {ckpt['iteration']} of {ckpt['args']['num_iterations']}")
     for key in [k for k in ckpt if "optimizer" in k]:  # optimiser state (WocaR has two) is for resuming only
         del ckpt[key]
+    ckpt.pop("script_path", None)  # a path on the training machine: the committed run is rebuilt from the repository's script
     with open(os.path.join(run_dir, "commits.txt")) as f:
         ckpt["commits"] = list(dict.fromkeys(line.strip() for line in f if line.strip()))  # one per (re)start, in order
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})  # drops what a marked restart superseded

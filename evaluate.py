@@ -33,6 +33,7 @@ Every input is checked before the first episode: the flags (eps and rs_eps withi
 must exist). The JSON is written to a temporary file of its own (tempfile.mkstemp) and moved into place.
 """
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -113,6 +114,36 @@ class Args:
     """extra flags for sarl_attack.py / paad_attack.py when --train-learned trains, e.g. --learned-args='--grid' (mind the =)"""
 
 
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+def script_agent_class(ckpt, path):
+    """The Agent class of the training script that wrote the checkpoint, so that a changed network (another
+    activation, another layer) is evaluated as changed. The script is the one of that name in this repository,
+    else the file it was run from; checkpoints from before scripts were recorded name only their algorithm."""
+    script = ckpt.get("script") or f"{ckpt.get('algo', 'spo')}_ppo.py"
+    candidates = [os.path.join(REPO, os.path.basename(str(script)))] + ([ckpt["script_path"]] if ckpt.get("script_path") else [])
+    file = next((f for f in candidates if os.path.isfile(f)), None)
+    if file is None:
+        raise SystemExit(f"error: {path!r} was written by {script}, which is neither in {REPO} nor at "
+                         f"{ckpt.get('script_path', 'a recorded path')}; cannot rebuild its network")
+    name = f"_victim_{os.path.splitext(os.path.basename(file))[0]}"
+    if name not in sys.modules or getattr(sys.modules[name], "__file__", None) != file:
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, os.path.dirname(file))  # its own imports (attacks.py) resolve next to it first
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            raise SystemExit(f"error: cannot import {file} to rebuild the network of {path!r} ({type(e).__name__}: {e})")
+        finally:
+            sys.path.remove(os.path.dirname(file))
+        sys.modules[name] = module
+    if not isinstance(getattr(sys.modules[name], "Agent", None), type):
+        raise SystemExit(f"error: {file} defines no Agent class; cannot rebuild the network of {path!r}")
+    return sys.modules[name].Agent, file
+
+
 def load_checkpoint(path, env_id=None):
     """Load a checkpoint and check it against the env; every problem is one clear SystemExit line."""
     if not os.path.isfile(path):
@@ -149,12 +180,16 @@ def load_checkpoint(path, env_id=None):
         rms_ok = False
     if not rms_ok:
         raise SystemExit(f"error: {path!r} has no usable observation statistics (obs_rms needs finite mean and var of shape {obs_shape})")
+    script_agent, script_file = script_agent_class(ckpt, path)
     try:
-        agent = Agent(int(np.prod(obs_shape)), int(np.prod(act_shape)), int(ckpt["hidden_size"]))
+        agent = script_agent(int(np.prod(obs_shape)), int(np.prod(act_shape)), int(ckpt["hidden_size"]))
         agent.load_state_dict(ckpt["agent"])
     except (RuntimeError, TypeError, ValueError, AttributeError) as e:
-        raise SystemExit(f"error: {path!r}: its networks do not match its sizes (hidden_size {ckpt['hidden_size']!r}; "
+        raise SystemExit(f"error: {path!r}: its networks do not fit the Agent of {script_file} (hidden_size {ckpt['hidden_size']!r}; "
                          f"{type(e).__name__}: {str(e).strip().splitlines()[0][:150] if str(e).strip() else ''})")
+    if ckpt.get("network") is not None and ckpt["network"] != repr(agent):  # same weights' shapes, other layers
+        raise SystemExit(f"error: {path!r} was trained with another network than the Agent of {script_file} now builds "
+                         "(an activation or layer changed since?); restore that script or retrain")
     agent.eval()
     for p in agent.parameters():
         p.requires_grad_(False)

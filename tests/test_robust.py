@@ -195,6 +195,9 @@ def test_mlp_input_grad_falls_back_to_autograd_for_other_actors():
     x = torch.randn(7, 5, requires_grad=True)
     (expected,) = torch.autograd.grad((actor(x) ** 2).sum(), x)
     assert torch.allclose(attacks.mlp_input_grad(actor, x.detach(), lambda mu: 2 * mu), expected)
+    with torch.inference_mode():  # the learned attacks call it from an inference-mode rollout
+        x_inference = x.detach().clone()
+        assert torch.allclose(attacks.mlp_input_grad(actor, x_inference, lambda mu: 2 * mu), expected)
 
 
 @pytest.mark.parametrize("script,algo_flag", [("arpo_ppo.py", ["--soft-worst-case-lambda", "0"]), ("barpo_ppo.py", ["--inner-beta", "-1"])])
