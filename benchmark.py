@@ -21,6 +21,7 @@ Algorithms (the paper's four configurations, PPO and the robust baselines):
     barpo_k1  barpo_ppo.py --kappa 1 (BARPO)   barpo_k0.25, barpo_k0.5, barpo_k2: the kappa study
     sappo     sappo_ppo.py (SGLD)             sappo_convex  sappo_ppo.py --method convex (IBP)
     sappo_authors, sappo_convex_authors: the same with the authors' PPO (AUTHORS_PPO); group `calibration` = all four
+    barpo_k1_authors, barpo_k10_authors: BARPO (kappa 1, 10) with the authors' PPO; group `calibrated` = these + sappo_authors
     wocar     wocar_ppo.py (WocaR-PPO, the authors' per-env settings)
     radial    radial_ppo.py (RADIAL-PPO)
 Presets carry the per-env learning rates of the robust-RL literature (docs/design.md §7): `paper` = 2M steps
@@ -61,6 +62,9 @@ ALGOS = {
     # the learning rate, the critic fitted first with its own steps, no gradient clipping), see docs/design.md §7
     "sappo_authors": ("sappo_ppo.py", ["--method", "sgld", *AUTHORS_PPO]),
     "sappo_convex_authors": ("sappo_ppo.py", ["--method", "convex", *AUTHORS_PPO]),
+    # BARPO on that calibrated base; kappa 10 is the CAR authors' weighting (adversarial 1, clean 0.1) in our units
+    "barpo_k1_authors": ("barpo_ppo.py", ["--kappa", "1", *AUTHORS_PPO]),
+    "barpo_k10_authors": ("barpo_ppo.py", ["--kappa", "10", *AUTHORS_PPO]),
     "wocar": ("wocar_ppo.py", []),
     "radial": ("radial_ppo.py", []),
 }
@@ -111,7 +115,8 @@ BASELINES = ["sappo", "sappo_convex", "radial", "wocar"]
 # names that stand for several algorithms in --algos
 ALGO_GROUPS = {"comparison": ["spo", "sappo", "radial", "wocar", "arpo", "arpo_k1", "barpo_k0", "barpo_k1"],
                "kappa": ["barpo_k0", "barpo_k0.25", "barpo_k0.5", "barpo_k1", "barpo_k2"],
-               "calibration": ["sappo", "sappo_convex", "sappo_authors", "sappo_convex_authors"]}
+               "calibration": ["sappo", "sappo_convex", "sappo_authors", "sappo_convex_authors"],
+               "calibrated": ["sappo_authors", "barpo_k1_authors", "barpo_k10_authors"]}
 KAPPA_STUDY = {"barpo_k0": 0.0, "barpo_k0.25": 0.25, "barpo_k0.5": 0.5, "barpo_k1": 1.0, "barpo_k2": 2.0}
 # minutes of training per quick-preset run (Hopper-v5, 500k steps) on one core of the 2-core machine with the other
 # core busy, measured 2026-12-03 from the sweep's logs (sappo_convex and arpo_k1: assumed as sappo and barpo); the
@@ -130,7 +135,7 @@ class Run:
     algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
     """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex, sappo_authors, sappo_convex_authors, wocar,
     radial, barpo_k0.25, barpo_k0.5, barpo_k2), or a group: comparison (the paper's table: spo sappo radial wocar arpo arpo_k1
-    barpo_k0 barpo_k1), kappa (BARPO at kappa 0, 0.25, 0.5, 1, 2), calibration (SA-PPO: SGLD / convex x CleanRL's / the authors' PPO)"""
+    barpo_k0 barpo_k1), kappa (BARPO at kappa 0, 0.25, 0.5, 1, 2), calibration (SA-PPO: SGLD / convex x CleanRL's / the authors' PPO), calibrated (SA-PPO and BARPO kappa 1, 10 with the authors' PPO)"""
     envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
     """environment ids"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
