@@ -18,7 +18,7 @@ Pseudocode, one iteration:
 Old log-probs come from the clean state, the critic trains on clean states, untagged lines are spo_ppo.py's.
 Raising the PPO loss lowers the advantage-weighted value of the actions: the value-minimising adversary, to first order.
 
-Flags that matter: --epsilon (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah 0.15, Ant 0.15),
+Flags that matter: --epsilon (default per env: attacks.DEFAULT_EPSILON),
 --kappa (SPO guidance, default 0 = pure ARPO), --inner-steps, --soft-worst-case-lambda, --eps-warmup.
 
 Our reconstruction (the authors released no code; docs/design.md gives the sources): the inner adversary of
@@ -46,8 +46,8 @@ from torch.utils.tensorboard import SummaryWriter
 import attacks
 
 
-# ARPO: default l_inf radius per env in normalised observation units (community standard since SA-PPO)
-DEFAULT_EPSILON = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}
+# ARPO: default l_inf radius per env, normalised obs units: the literature's since SA-PPO (attacks.py)
+DEFAULT_EPSILON = attacks.DEFAULT_EPSILON
 
 
 @dataclass
@@ -114,7 +114,7 @@ class Args:
 
     # ARPO: the inner adversary and the outer loss
     epsilon: Optional[float] = None
-    """l_inf radius of the adversary, normalised obs units (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah/Ant 0.15)"""
+    """l_inf radius of the adversary, normalised obs units (default per env: attacks.DEFAULT_EPSILON)"""
     kappa: float = 0.0
     """weight of the SPO guidance term kappa * L_clip(clean s) (0: pure ARPO)"""
     inner_steps: int = 10

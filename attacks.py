@@ -24,6 +24,11 @@ not shift the rollout's action sampling (at eps = 0 a robust script then repeats
 """
 import torch
 
+# The l_inf radius per environment family, in normalised observation units: the values of the robust-RL literature
+# since SA-PPO. The one table of default --epsilon for every training script (RADIAL-PPO trains Walker2d at its
+# authors' 0.075), evaluate.py and the learned attacks.
+DEFAULT_EPSILON = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}
+
 
 def project(x, obs, eps):
     """Clamp x into the l_inf ball of radius eps around obs (eps: float or tensor broadcastable to obs)."""

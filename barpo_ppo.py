@@ -24,7 +24,7 @@ Pseudocode, one iteration:
 Old log-probs always come from the clean state and the critic trains on clean states, as in SPO; everything
 untagged is spo_ppo.py line for line.
 
-Flags that matter: --epsilon (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah 0.15, Ant 0.15),
+Flags that matter: --epsilon (default per env: attacks.DEFAULT_EPSILON),
 --kappa (default 1.0; 0 is "BARPO w/o guidance"), --inner-steps, --inner-beta, --eps-warmup.
 
 Our reconstruction (the authors released no code; docs/design.md gives the sources): the default κ = 1.0,
@@ -54,8 +54,8 @@ from torch.utils.tensorboard import SummaryWriter
 import attacks
 
 
-# BARPO: default l_inf radius per env in normalised observation units (community standard since SA-PPO)
-DEFAULT_EPSILON = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}
+# BARPO: default l_inf radius per env, normalised obs units: the literature's since SA-PPO (attacks.py)
+DEFAULT_EPSILON = attacks.DEFAULT_EPSILON
 
 
 @dataclass
@@ -122,7 +122,7 @@ class Args:
 
     # BARPO: the inner adversary and the outer loss
     epsilon: Optional[float] = None
-    """l_inf radius of the adversary, normalised obs units (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah/Ant 0.15)"""
+    """l_inf radius of the adversary, normalised obs units (default per env: attacks.DEFAULT_EPSILON)"""
     kappa: float = 1.0
     """weight of the SPO guidance term kappa * L_clip(clean s) (0: BARPO without guidance)"""
     inner_steps: int = 10

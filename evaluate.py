@@ -7,7 +7,7 @@
 Protocol (docs/design.md §5): the victim acts with its mean action on observations normalised with the statistics
 stored in the checkpoint (frozen, clipped to ±10, exactly as in training); an attack replaces each
 observation by a point of the l_inf ball of radius eps around it (eps in normalised units, default per
-env: Hopper 0.075, Walker2d 0.05, HalfCheetah 0.15, Ant 0.15); the environment evolves on the true state.
+env: attacks.DEFAULT_EPSILON); the environment evolves on the true state.
 All episodes run in lockstep in one vector env, so each attack is one batched call per time step.
 
 Output: a markdown table (mean ± std per attack, worst case = minimum over attacks, robustness =
@@ -53,7 +53,7 @@ import tyro
 import attacks
 from spo_ppo import Agent, print_mujoco_warning
 
-DEFAULT_EPS = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}
+DEFAULT_EPS = attacks.DEFAULT_EPSILON  # per env family, the literature's (attacks.py)
 OBS_CLIP = 10.0  # normalised observations are clipped to +-OBS_CLIP (the training scripts' clip, `obs_clip` in checkpoints)
 ATTACKS = ["random", "critic", "mad", "rs", "sarl", "paad"]
 LEARNED_ATTACKS = ["sarl", "paad"]  # need an adversary trained by sarl_attack.py / paad_attack.py
@@ -66,7 +66,7 @@ class Args:
     attacks: str = "none"
     """comma-separated list of attacks (random, critic, mad, rs, sarl, paad) or 'all'; natural is always evaluated"""
     epsilon: Optional[float] = None
-    """l_inf radius in normalised observation units (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah/Ant 0.15)"""
+    """l_inf radius in normalised observation units (default per env: attacks.DEFAULT_EPSILON)"""
     num_episodes: int = 50
     """episodes per attack, run in lockstep (one sub-env each)"""
     attack_steps: int = 10

@@ -69,7 +69,7 @@ import attacks
 
 
 # RADIAL: the authors' per-env radius (normalised obs units) and schedule (radial_rl_v2 configs; Ant: our inference)
-DEFAULT_EPSILON = {"Hopper": 0.075, "Walker2d": 0.075, "HalfCheetah": 0.15, "Ant": 0.15}
+DEFAULT_EPSILON = dict(attacks.DEFAULT_EPSILON, Walker2d=0.075)  # RADIAL: the authors' Walker2d config trains at 0.075
 DEFAULT_EPS_SCHEDULE = {"Hopper": "smooth", "Walker2d": "expo", "HalfCheetah": "expo", "Ant": "expo"}
 
 

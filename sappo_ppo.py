@@ -73,8 +73,8 @@ from torch.utils.tensorboard import SummaryWriter
 import attacks
 
 
-# SA-PPO: default l_inf radius per env in normalised observation units (the authors' robust_ppo_eps)
-DEFAULT_EPSILON = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}
+# SA-PPO: default l_inf radius per env, normalised obs units: the literature's since SA-PPO (attacks.py)
+DEFAULT_EPSILON = attacks.DEFAULT_EPSILON
 # SA-PPO: the authors' regulariser weight robust_ppo_reg per method and env, in units of sum_j (dmu_j / sigma_j)^2 = 2 KL
 DEFAULT_KAPPA = {"sgld": {"Hopper": 1.0, "Walker2d": 0.1, "HalfCheetah": 0.1, "Ant": 0.003},
                  "convex": {"Hopper": 0.1, "Walker2d": 0.1, "HalfCheetah": 0.1, "Ant": 0.003}}
@@ -144,7 +144,7 @@ class Args:
 
     # SA-PPO: the state-adversarial regulariser
     epsilon: Optional[float] = None
-    """l_inf radius of the regulariser's ball, normalised obs units (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah/Ant 0.15)"""
+    """l_inf radius of the regulariser's ball, normalised obs units (default per env: attacks.DEFAULT_EPSILON)"""
     kappa: Optional[float] = None
     """weight of the regulariser, in units of sum_j (dmu_j / sigma_j)^2 = 2 KL (default: the authors' per env and --method)"""
     method: str = "sgld"

@@ -63,8 +63,8 @@ from torch.utils.tensorboard import SummaryWriter
 import attacks
 
 
-# WocaR: default l_inf radius per env in normalised observation units (the authors' robust_ppo_eps)
-DEFAULT_EPSILON = {"Hopper": 0.075, "Walker2d": 0.05, "HalfCheetah": 0.15, "Ant": 0.15}
+# WocaR: default l_inf radius per env, normalised obs units: the literature's since SA-PPO (attacks.py)
+DEFAULT_EPSILON = attacks.DEFAULT_EPSILON
 # WocaR: the authors' other per-env settings: robust_ppo_reg (units of sum_j (dmu_j / sigma_j)^2 = 2 KL), q_weight, weight_schedule, q_lr
 DEFAULT_WOCAR = {
     "Hopper": {"kappa": 0.1, "q_weight": 0.8, "q_weight_schedule": "linear", "q_lr": 4e-4},
@@ -152,7 +152,7 @@ class Args:
     wq_steps: int = 50
     """sign-gradient descent steps of the worst-action search"""
     epsilon: Optional[float] = None
-    """l_inf radius of the regulariser's ball, normalised obs units (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah/Ant 0.15)"""
+    """l_inf radius of the regulariser's ball, normalised obs units (default per env: attacks.DEFAULT_EPSILON)"""
     kappa: Optional[float] = None
     """weight of SA-PPO's SGLD regulariser, units of sum_j (dmu_j / sigma_j)^2 = 2 KL (default per env: 0.1, Ant 0.003)"""
     inner_steps: int = 10
