@@ -1,0 +1,87 @@
+"""Speed-ups must not change a seeded run. Every training script is run twice with the same flags and seed: as it
+is now and as it was at REFERENCE (written by `git show` into a temporary directory with that commit's attacks.py);
+every TensorBoard scalar (but the timing) and every tensor of the checkpoint (weights, Adam state, normaliser
+statistics) must be equal bit for bit. A change that is meant to change the numbers moves REFERENCE to itself."""
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, read_scalars
+
+REFERENCE = "9906ed2"  # the last commit before the throughput work (issue 24)
+SCRIPTS = ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py", "radial_ppo.py", "wocar_ppo.py"]
+SHORT = ["--total-timesteps", "1024", "--num-steps", "256", "--num-minibatches", "8", "--update-epochs", "2", "--seed", "3"]
+RUNS = {  # name: (script, flags); Hopper's random-policy episodes end every few dozen steps, HalfCheetah's are truncated at 1000
+    **{script[: -len(".py")]: (script, SHORT) for script in SCRIPTS},
+    "spo_two_envs_value_first": ("spo_ppo.py", SHORT + ["--num-envs", "2", "--value-first"]),
+    "spo_halfcheetah": ("spo_ppo.py", ["--env-id", "HalfCheetah-v5", "--total-timesteps", "1024", "--num-steps", "512",
+                                       "--num-minibatches", "8", "--update-epochs", "2", "--seed", "4"]),
+}
+
+
+def run(code_dir, script, flags, run_dir):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(code_dir, script), *flags, "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, cwd=code_dir, env=env, timeout=600)
+    assert proc.returncode == 0, f"{code_dir}/{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+
+
+def assert_same(reference, current, where):
+    """Equal bit for bit: tensors in value and dtype, containers recursively, everything else by ==."""
+    if isinstance(reference, torch.Tensor):
+        assert isinstance(current, torch.Tensor) and reference.dtype == current.dtype and torch.equal(reference, current), where
+    elif isinstance(reference, dict):
+        missing = set(reference) - set(current)
+        assert not missing, f"{where}: missing {missing}"
+        for key in reference:
+            assert_same(reference[key], current[key], f"{where}.{key}")
+    elif isinstance(reference, (list, tuple)):
+        assert len(reference) == len(current), where
+        for i, (a, b) in enumerate(zip(reference, current)):
+            assert_same(a, b, f"{where}[{i}]")
+    else:
+        assert reference == current, f"{where}: {reference!r} != {current!r}"
+
+
+@pytest.fixture(scope="module")
+def reference_code(tmp_path_factory):
+    code_dir = tmp_path_factory.mktemp("reference_code")
+    for name in SCRIPTS + ["attacks.py"]:
+        proc = subprocess.run(["git", "show", f"{REFERENCE}:{name}"], capture_output=True, cwd=REPO)
+        if proc.returncode != 0:
+            pytest.skip(f"no git history with commit {REFERENCE} here: {proc.stderr.decode().strip()}")
+        (code_dir / name).write_bytes(proc.stdout)
+    return code_dir
+
+
+@pytest.fixture(scope="module")
+def paired_runs(reference_code, tmp_path_factory):
+    """Every run of RUNS with the reference code and with the current code, two processes at a time."""
+    out = tmp_path_factory.mktemp("paired_runs")
+    jobs = [(code, script, flags, out / f"{name}_{label}") for name, (script, flags) in RUNS.items()
+            for label, code in (("reference", reference_code), ("current", REPO))]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda job: run(*job), jobs))
+    return out
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_seeded_run_is_bit_identical_to_the_reference_code(name, paired_runs):
+    reference, current = paired_runs / f"{name}_reference", paired_runs / f"{name}_current"
+    ref_scalars, cur_scalars = read_scalars(str(reference)), read_scalars(str(current))
+    assert ref_scalars["charts/episodic_return"] and len(ref_scalars["losses/policy_loss"]) >= 2  # the run crossed an episode end
+    for tag, values in ref_scalars.items():
+        if tag != "charts/SPS":
+            assert cur_scalars.get(tag) == values, tag
+    ref_ckpt = torch.load(reference / "agent.pt", weights_only=True)
+    cur_ckpt = torch.load(current / "agent.pt", weights_only=True)
+    for key in ("args", "versions"):  # the run directory differs, flags added later may be new keys
+        ref_args, cur_args = ref_ckpt.pop(key), cur_ckpt.pop(key)
+    assert all(cur_args[k] == v for k, v in ref_args.items() if k != "run_dir")
+    assert_same(ref_ckpt, cur_ckpt, name)
