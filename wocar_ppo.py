@@ -175,14 +175,36 @@ class Args:
     """the number of iterations (computed in runtime)"""
 
 
+class NormalizeObservation(gym.wrappers.NormalizeObservation):
+    """gymnasium's wrapper, number for number, but faster: it updates its statistics from one observation as a batch of
+    one, update(np.array([obs])), whose np.mean and np.var cost most of the wrapper; we pass the same moments directly
+    (mean of one sample: itself, variance: 0). tests/test_throughput.py holds it equal to gymnasium's step by step."""
+
+    def observation(self, observation):
+        if self._update_running_mean:
+            self.obs_rms.update_from_moments(observation, 0.0, 1)
+        return np.float32((observation - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + self.epsilon))
+
+
+class NormalizeReward(gym.wrappers.NormalizeReward):
+    """gymnasium's wrapper, number for number, with the same shortcut for its one discounted return per step."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.discounted_reward = self.discounted_reward * self.gamma * (1 - terminated) + float(reward)
+        if self._update_running_mean:
+            self.return_rms.update_from_moments(self.discounted_reward[0], 0.0, 1)
+        return obs, reward / np.sqrt(self.return_rms.var + self.epsilon), terminated, truncated, info
+
+
 def make_env(env_id, gamma):
     def thunk():
         env = gym.make(env_id)
         env = gym.wrappers.RecordEpisodeStatistics(env)  # raw returns, before any normalisation
         env = gym.wrappers.ClipAction(env)
-        env = gym.wrappers.NormalizeObservation(env)
+        env = NormalizeObservation(env)  # gymnasium's, faster (above)
         env = gym.wrappers.TransformObservation(env, lambda obs: np.clip(obs, -10, 10), env.observation_space)
-        env = gym.wrappers.NormalizeReward(env, gamma=gamma)
+        env = NormalizeReward(env, gamma=gamma)  # gymnasium's, faster (above)
         env = gym.wrappers.TransformReward(env, lambda reward: np.clip(reward, -10, 10))
         return env
 

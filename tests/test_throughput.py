@@ -85,3 +85,62 @@ def test_seeded_run_is_bit_identical_to_the_reference_code(name, paired_runs):
         ref_args, cur_args = ref_ckpt.pop(key), cur_ckpt.pop(key)
     assert all(cur_args[k] == v for k, v in ref_args.items() if k != "run_dir")
     assert_same(ref_ckpt, cur_ckpt, name)
+
+
+def gymnasium_stack(env_id, gamma=0.99):
+    """make_env's wrapper stack with gymnasium's own normalisers (the code of REFERENCE)."""
+    env = gym.make(env_id)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env = gym.wrappers.ClipAction(env)
+    env = gym.wrappers.NormalizeObservation(env)
+    env = gym.wrappers.TransformObservation(env, lambda obs: np.clip(obs, -10, 10), env.observation_space)
+    env = gym.wrappers.NormalizeReward(env, gamma=gamma)
+    return gym.wrappers.TransformReward(env, lambda reward: np.clip(reward, -10, 10))
+
+
+def normalisers(env):
+    """The NormalizeReward and NormalizeObservation wrappers of a wrapper stack, outermost first."""
+    found = []
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, (gym.wrappers.NormalizeObservation, gym.wrappers.NormalizeReward)):
+            found.append(env)
+        env = env.env
+    return found
+
+
+def assert_identical(a, b, where):
+    assert type(a) is type(b) and np.asarray(a).dtype == np.asarray(b).dtype, f"{where}: {type(a)} {type(b)}"
+    assert np.array_equal(a, b), where
+
+
+@pytest.mark.parametrize("env_id,steps", [("Hopper-v5", 3000), ("HalfCheetah-v5", 2100)])
+def test_fast_normalisers_equal_gymnasiums_step_by_step(env_id, steps):
+    """The training scripts' NormalizeObservation / NormalizeReward against gymnasium's: the same observations,
+    rewards and running statistics (values and dtypes) at every step, across terminations and truncations, and
+    with the statistics frozen (update_running_mean = False, as evaluation runs them)."""
+    from spo_ppo import make_env
+
+    ours, theirs = make_env(env_id, 0.99)(), gymnasium_stack(env_id)
+    assert [type(w).__module__ for w in normalisers(ours)] == ["spo_ppo"] * 2  # ours, not gymnasium's, are under test
+    assert_identical(ours.reset(seed=5)[0], theirs.reset(seed=5)[0], "reset")
+    rng = np.random.default_rng(0)
+    ends = 0
+    for t in range(steps):
+        if t == steps - 100:
+            for env in (ours, theirs):
+                for wrapper in normalisers(env):
+                    wrapper.update_running_mean = False
+        action = rng.normal(size=ours.action_space.shape) * 1.5  # beyond the bounds now and then: ClipAction acts
+        a, b = ours.step(action), theirs.step(action)
+        for i, name in enumerate(["obs", "reward", "terminated", "truncated"]):
+            assert_identical(a[i], b[i], f"step {t} {name}")
+        for name in ("obs_rms", "return_rms"):
+            x, y = ours.get_wrapper_attr(name), theirs.get_wrapper_attr(name)
+            assert_identical(x.mean, y.mean, f"step {t} {name}.mean")
+            assert_identical(x.var, y.var, f"step {t} {name}.var")
+            assert x.count == y.count, f"step {t} {name}.count"
+        if a[2] or a[3]:
+            ends += 1
+            assert a[4]["episode"]["r"] == b[4]["episode"]["r"]
+            assert_identical(ours.reset()[0], theirs.reset()[0], f"reset after step {t}")
+    assert ends >= 2
