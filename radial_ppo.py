@@ -242,8 +242,9 @@ class Agent(nn.Module):
 
     def get_action_and_value(self, x, action=None):
         probs = self.get_policy(x)
-        if action is None:
-            action = probs.sample()
+        if action is None:  # the rollout: sample (the draw of probs.sample(), without its no_grad block); no entropy
+            action = torch.normal(probs.loc, probs.scale).detach()
+            return action, probs.log_prob(action).sum(1), None, self.critic(x)
         return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
 
 
