@@ -52,6 +52,7 @@ released: 0.003 is our choice (the convex Ant κ, and the SGLD weight of WocaR's
 The PPO around the regulariser is spo_ppo.py's, not the authors' (theirs: a separate value optimiser stepped first,
 no gradient clipping): every untagged line is spo_ppo.py's, so `diff spo_ppo.py sappo_ppo.py` shows SA-PPO.
 """
+import math
 import os
 import platform
 import random
@@ -517,12 +518,13 @@ if __name__ == "__main__":
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
+        params = list(agent.parameters())  # for the gradient clipping: listed once, not on each of the 320 minibatches
         clipfracs = []
         if args.value_first:  # the authors' PPO: fit the critic first, on its own shuffled minibatches
             for epoch in range(args.update_epochs):
                 np.random.shuffle(b_inds)
                 for start in range(0, args.batch_size, args.minibatch_size):
-                    mb_inds = b_inds[start : start + args.minibatch_size]
+                    mb_inds = torch.from_numpy(b_inds[start : start + args.minibatch_size])
                     newvalue = agent.get_value(b_obs[mb_inds]).view(-1)
                     v_loss = value_loss(newvalue, b_returns[mb_inds], b_values[mb_inds], args.clip_coef, args.clip_vloss)
                     optimizer.zero_grad()  # grads become None: Adam steps only the critic's group (as a second optimiser would)
@@ -534,7 +536,7 @@ if __name__ == "__main__":
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 end = start + args.minibatch_size
-                mb_inds = b_inds[start:end]
+                mb_inds = torch.from_numpy(b_inds[start:end])  # one index tensor, not a conversion per buffer it selects from
                 mb_obs = b_obs[mb_inds]
 
                 _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_obs, b_actions[mb_inds])
@@ -568,13 +570,13 @@ if __name__ == "__main__":
                 loss = pg_loss - args.ent_coef * entropy_loss
                 if not args.value_first:  # CleanRL: one loss for both networks (--value-first fitted the critic above)
                     loss = loss + v_loss * args.vf_coef
-                if not torch.isfinite(loss):
+                if not math.isfinite(loss.item()):
                     raise SystemExit(f"error: non-finite loss at iteration {iteration}; stopping without writing a checkpoint")
 
                 optimizer.zero_grad()
                 loss.backward()
                 if args.max_grad_norm > 0:
-                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+                    nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
                 optimizer.step()
 
             if args.target_kl is not None and approx_kl > args.target_kl:

@@ -28,6 +28,11 @@ difference from that script:
   * speed, same algorithm: numpy rollout buffers read with torch.from_numpy, the rollout under
     torch.inference_mode(), Normal(..., validate_args=False), fused Adam, foreach gradient clipping, and
     `--threads` (1 by default: one torch thread per run);
+  * speed, same numbers bit for bit (tests/test_throughput.py): gymnasium's NormalizeObservation /
+    NormalizeReward subclassed to update their statistics from one sample without np.mean/np.var over a
+    batch of one; the rollout samples with torch.normal (Normal.sample's draw) and computes no entropy; the
+    update indexes with one index tensor per minibatch, lists the parameters once for the clipping and checks
+    the loss with math.isfinite;
   * the clipped surrogate and the value loss written as functions, called in the update;
   * diagnostics: `policy/action_spread` and `policy/input_sensitivity` (how much the mean action depends on
     the state; both near 0 for a collapsed, constant-action policy) and a progress line with an ETA;
@@ -37,6 +42,7 @@ difference from that script:
 
 Flags that matter: --env-id, --total-timesteps, --learning-rate, --value-learning-rate, --seed.
 """
+import math
 import os
 import platform
 import random
@@ -443,12 +449,13 @@ if __name__ == "__main__":
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
+        params = list(agent.parameters())  # for the gradient clipping: listed once, not on each of the 320 minibatches
         clipfracs = []
         if args.value_first:  # the authors' PPO: fit the critic first, on its own shuffled minibatches
             for epoch in range(args.update_epochs):
                 np.random.shuffle(b_inds)
                 for start in range(0, args.batch_size, args.minibatch_size):
-                    mb_inds = b_inds[start : start + args.minibatch_size]
+                    mb_inds = torch.from_numpy(b_inds[start : start + args.minibatch_size])
                     newvalue = agent.get_value(b_obs[mb_inds]).view(-1)
                     v_loss = value_loss(newvalue, b_returns[mb_inds], b_values[mb_inds], args.clip_coef, args.clip_vloss)
                     optimizer.zero_grad()  # grads become None: Adam steps only the critic's group (as a second optimiser would)
@@ -460,7 +467,7 @@ if __name__ == "__main__":
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 end = start + args.minibatch_size
-                mb_inds = b_inds[start:end]
+                mb_inds = torch.from_numpy(b_inds[start:end])  # one index tensor, not a conversion per buffer it selects from
                 mb_obs = b_obs[mb_inds]
 
                 _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_obs, b_actions[mb_inds])
@@ -487,13 +494,13 @@ if __name__ == "__main__":
                 loss = pg_loss - args.ent_coef * entropy_loss
                 if not args.value_first:  # CleanRL: one loss for both networks (--value-first fitted the critic above)
                     loss = loss + v_loss * args.vf_coef
-                if not torch.isfinite(loss):
+                if not math.isfinite(loss.item()):
                     raise SystemExit(f"error: non-finite loss at iteration {iteration}; stopping without writing a checkpoint")
 
                 optimizer.zero_grad()
                 loss.backward()
                 if args.max_grad_norm > 0:
-                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+                    nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
                 optimizer.step()
 
             if args.target_kl is not None and approx_kl > args.target_kl:
