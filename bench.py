@@ -37,7 +37,7 @@ import tyro
 from torch.distributions.normal import Normal
 
 from benchmark import write_section
-from spo_ppo import Agent, make_env, print_mujoco_warning
+from spo_ppo import Agent, print_mujoco_warning
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 TRAINING_SCRIPTS = ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py", "radial_ppo.py", "wocar_ppo.py"]
@@ -63,7 +63,7 @@ class Args:
     reference: str = "9906ed2"
     """the commit the profile compares with (default: the last one before the throughput work of issue 24)"""
     profile_steps: int = 4096
-    """env steps per timed part of the profile (the update: 10 epochs of 32 minibatches on a 2048-step batch)"""
+    """env steps per timed part of the profile (the update: 10 epochs over the batch of that many steps, 64-sample minibatches)"""
 
 
 class CleanRLAgent(Agent):
@@ -75,13 +75,25 @@ class CleanRLAgent(Agent):
         return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
 
 
+def cleanrl_make_env(env_id, gamma):
+    """CleanRL's wrapper stack with gymnasium's own normalisers (the training scripts subclass them for speed)."""
+    def thunk():
+        env = gym.wrappers.ClipAction(gym.wrappers.RecordEpisodeStatistics(gym.make(env_id)))
+        env = gym.wrappers.NormalizeObservation(env)
+        env = gym.wrappers.TransformObservation(env, lambda obs: np.clip(obs, -10, 10), env.observation_space)
+        env = gym.wrappers.NormalizeReward(env, gamma=gamma)
+        return gym.wrappers.TransformReward(env, lambda reward: np.clip(reward, -10, 10))
+
+    return thunk
+
+
 def cleanrl_baseline(env_id, total_timesteps, seed=1):
     """CleanRL ppo_continuous_action's loop, gymnasium 1.x: torch tensor buffers, no inference_mode, default Adam
     and distribution checks, per-minibatch approx-KL and clip fraction (TensorBoard writes omitted)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     num_steps, batch_size, minibatch_size = 2048, 2048, 64
-    envs = gym.vector.SyncVectorEnv([make_env(env_id, 0.99)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs = gym.vector.SyncVectorEnv([cleanrl_make_env(env_id, 0.99)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     agent = CleanRLAgent(envs.single_observation_space.shape[0], envs.single_action_space.shape[0])
     optimizer = torch.optim.Adam(agent.parameters(), lr=3e-4, eps=1e-5)
     obs = torch.zeros((num_steps, 1) + envs.single_observation_space.shape)
