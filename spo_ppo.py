@@ -136,7 +136,8 @@ class Args:
 class NormalizeObservation(gym.wrappers.NormalizeObservation):
     """gymnasium's wrapper, number for number, but faster: it updates its statistics from one observation as a batch of
     one, update(np.array([obs])), whose np.mean and np.var cost most of the wrapper; we pass the same moments directly
-    (mean of one sample: itself, variance: 0). tests/test_throughput.py holds it equal to gymnasium's step by step."""
+    (mean of one sample: itself, variance: 0); equal for every finite observation (a NaN or inf one spoils both).
+    tests/test_throughput.py holds it equal to gymnasium's step by step."""
 
     def observation(self, observation):
         if self._update_running_mean:
