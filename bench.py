@@ -158,6 +158,7 @@ def script_sps(script, env_id, total_timesteps, code_dir=REPO):
         [sys.executable, os.path.join(code_dir, script), "--env-id", env_id, "--total-timesteps", str(total_timesteps), "--run-dir", out],
         capture_output=True, text=True, cwd=code_dir, check=True,
     )
+    shutil.rmtree(out, ignore_errors=True)
     return float(re.findall(r"SPS (\d+)", proc.stdout)[-1])
 
 
