@@ -15,7 +15,7 @@ not shift the rollout's action sampling (at eps = 0 a robust script then repeats
     mad     KL-SGLD: maximise KL(pi(.|s) || pi(.|s')) -- the MAD attack and BARPO's inner adversary
     q_pgd   PGD that minimises Q(s, mu(s')) for a learned Q (the attack step of Robust Sarsa)
     pgd     the projected sign-gradient solver behind critic and q_pgd (and ARPO's inner adversary)
-    mlp_input_grad   grad_x of a function of a tanh MLP's output (actor or critic), fast
+    mlp_input_grad   grad_x of a function of a tanh MLP's output (actor or critic), fast (tanh_mlp_layers: its layers)
     gaussian_ppo_loss_grad  the gradient of the PPO clipped loss w.r.t. the policy mean (ARPO's inner loss, fast path)
     bounded_perturbation  s + eps * hardtanh(a) for a learned adversary's action a (SA-RL, sarl_attack.py)
     paad_actor  PGD pushing the victim's mean action along a direction d (PA-AD's actor, paad_attack.py)
@@ -53,27 +53,38 @@ def random(agent, obs, eps, generator=None, **_):
     return project(obs + eps * _uniform(obs, generator), obs, eps).detach()
 
 
-def mlp_input_grad(net, x, head_grad):
+def tanh_mlp_layers(net):
+    """The layers of an nn.Sequential of Linear and Tanh layers (the scripts' actor mean and critic) as a list of
+    (W, W^T, b) for a Linear and None for a Tanh; False for any other net. An attack reads them once (the weights do
+    not change during it) and hands them to every mlp_input_grad call, which then skips the module lookups."""
+    layers = list(net) if isinstance(net, torch.nn.Sequential) else []
+    if not layers or not all(isinstance(m, (torch.nn.Linear, torch.nn.Tanh)) for m in layers):
+        return False
+    return [(m.weight, m.weight.t(), m.bias) if isinstance(m, torch.nn.Linear) else None for m in layers]
+
+
+def mlp_input_grad(net, x, head_grad, layers=None):
     """grad_x of a function h(y) of a network's output y = net(x), given head_grad(y) = dh/dy.
 
     The inner loops of ARPO and BARPO take this gradient 10 times per minibatch, and for 64-sample batches
     autograd's per-op overhead dominates. For the scripts' networks (nn.Sequential of Linear and Tanh
     layers: the actor mean and the critic) we run the forward with plain tensor ops and backpropagate by
     hand (Linear: g <- g W; Tanh: g <- g (1 - h^2), aten's fused tanh_backward): the same gradient up to float rounding
-    (tests/test_robust.py checks it against autograd), about twice as fast. Any other net uses autograd."""
-    layers = list(net) if isinstance(net, torch.nn.Sequential) else []
+    (tests/test_robust.py checks it against autograd), about twice as fast. Any other net uses autograd.
+    `layers` is tanh_mlp_layers(net), if the caller has read it already."""
+    layers = tanh_mlp_layers(net) if layers is None else layers
     with torch.no_grad():
-        if not layers or not all(isinstance(m, (torch.nn.Linear, torch.nn.Tanh)) for m in layers):
+        if not layers:
             with torch.inference_mode(False), torch.enable_grad():  # also when called from an inference-mode rollout
                 x = x.detach().clone().requires_grad_(True)
                 y = net(x)
                 return torch.autograd.grad(y, x, grad_outputs=head_grad(y.detach()).clone())[0]
         outputs = [x]  # the input of every layer, then the output mu
-        for m in layers:
-            outputs.append(torch.addmm(m.bias, outputs[-1], m.weight.t()) if isinstance(m, torch.nn.Linear) else torch.tanh(outputs[-1]))
+        for layer in layers:
+            outputs.append(torch.addmm(layer[2], outputs[-1], layer[1]) if layer else torch.tanh(outputs[-1]))
         g = head_grad(outputs[-1])
-        for m, out in zip(reversed(layers), reversed(outputs[1:])):
-            g = g @ m.weight if isinstance(m, torch.nn.Linear) else torch.ops.aten.tanh_backward(g, out)  # g (1 - out^2)
+        for layer, out in zip(reversed(layers), reversed(outputs[1:])):
+            g = g @ layer[0] if layer else torch.ops.aten.tanh_backward(g, out)  # g (1 - out^2)
         return g
 
 
@@ -88,9 +99,10 @@ def pgd(obs, eps, objective=None, steps=10, step_size=None, maximise=False, net=
     obs = obs.detach()
     low, high = obs - eps, obs + eps
     x = torch.clamp(obs + eps * _uniform(obs, generator), low, high)
+    layers = tanh_mlp_layers(net) if net is not None else None
     for _ in range(steps):
         if net is not None:
-            grad = mlp_input_grad(net, x, head_grad)
+            grad = mlp_input_grad(net, x, head_grad, layers)
         else:
             x.requires_grad_(True)
             with torch.enable_grad():  # attacks may be called under torch.no_grad()
@@ -110,10 +122,12 @@ def gaussian_ppo_loss_grad(agent, actions, oldlogprob, advantages, clip_coef):
     ratio_low = torch.where(advantages > 0, 0.0, 1 - clip_coef)  # where the unclipped branch is the max
     ratio_high = torch.where(advantages > 0, 1 + clip_coef, torch.inf)
 
+    two_var, neg_advantages = 2 * var, -advantages  # constant over the solver's steps: computed once
+
     def head_grad(mu):
         diff = actions - mu
-        ratio = (log_ratio_const - (diff * diff / (2 * var)).sum(1)).exp()
-        return (-advantages * ratio * ((ratio >= ratio_low) & (ratio <= ratio_high))).unsqueeze(1) * diff / var
+        ratio = (log_ratio_const - (diff * diff / two_var).sum(1)).exp()
+        return (neg_advantages * ratio * ((ratio >= ratio_low) & (ratio <= ratio_high))).unsqueeze(1) * diff / var
 
     return head_grad
 
@@ -147,9 +161,10 @@ def mad(agent, obs, eps, steps=10, step_size=None, beta=1e-5, normalize_sigma=Fa
         two_over_var = 2 / sigma**2
         noise_scale = (2 * eta * beta) ** 0.5
         x = torch.clamp(obs + eta * torch.randn(obs.shape, generator=generator, dtype=obs.dtype).sign(), low, high)
+        layers = tanh_mlp_layers(agent.actor_mean)
         for t in range(steps):
             # d/dmu of sum_j ((mu_j - mu_clean_j) / sigma_j)^2 is 2 (mu - mu_clean) / sigma^2
-            grad = mlp_input_grad(agent.actor_mean, x, lambda mu: (mu - mu_clean) * two_over_var)
+            grad = mlp_input_grad(agent.actor_mean, x, lambda mu: (mu - mu_clean) * two_over_var, layers)
             noise = torch.randn(grad.shape, generator=generator, dtype=grad.dtype)
             x = torch.clamp(x + eta * (grad + noise_scale / (t + 2) * noise).sign(), low, high)
     return x

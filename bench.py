@@ -4,6 +4,8 @@ and writes it into docs/benchmarks.md, replacing only its own marked section (th
 
     python bench.py                                   # training part only
     python bench.py --checkpoint runs/<run>/agent.pt  # + evaluation timings on a trained checkpoint
+    python bench.py --anchor ../shared/anchors/cleanrl_sps.sh   # + CleanRL's own script, run in turn with spo_ppo.py
+    python bench.py --profile                         # where a training step's time goes, before/after (see profile())
 
 Training scripts run as subprocesses for --total-timesteps steps each (one torch thread, one at a time);
 their SPS is the one they print (global steps / time in the training loop, imports excluded). The
@@ -11,12 +13,16 @@ CleanRL-semantics baseline below is the same PPO with CleanRL's mechanics: torch
 step by step, `torch.Tensor(...)` conversions and `torch.no_grad()` in the rollout; it runs in-process
 and is timed the same way.
 """
+import importlib.util
 import json
+import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -31,7 +37,7 @@ import tyro
 from torch.distributions.normal import Normal
 
 from benchmark import write_section
-from spo_ppo import Agent, make_env, print_mujoco_warning
+from spo_ppo import Agent, print_mujoco_warning
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 TRAINING_SCRIPTS = ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py", "radial_ppo.py", "wocar_ppo.py"]
@@ -49,6 +55,15 @@ class Args:
     """if given, also time clean and attacked 50-episode evaluations of this checkpoint"""
     output: str = "docs/benchmarks.md"
     """where to write the markdown report"""
+    anchor: Optional[str] = None
+    """CleanRL's anchor script (../shared/anchors/cleanrl_sps.sh): each repeat also runs the real CleanRL ppo_continuous_action.py
+    (its own venv; Hopper-v4 unless CLEANRL_ENV_ID says otherwise) for --total-timesteps, right before spo_ppo.py: the paired ratio"""
+    profile: bool = False
+    """instead of the training table: time the parts of a training step with the current code and with --reference's, in turn"""
+    reference: str = "9906ed2"
+    """the commit the profile compares with (default: the last one before the throughput work of issue 24)"""
+    profile_steps: int = 4096
+    """env steps per timed part of the profile (the update: 10 epochs over the batch of that many steps, 64-sample minibatches)"""
 
 
 class CleanRLAgent(Agent):
@@ -60,13 +75,25 @@ class CleanRLAgent(Agent):
         return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
 
 
+def cleanrl_make_env(env_id, gamma):
+    """CleanRL's wrapper stack with gymnasium's own normalisers (the training scripts subclass them for speed)."""
+    def thunk():
+        env = gym.wrappers.ClipAction(gym.wrappers.RecordEpisodeStatistics(gym.make(env_id)))
+        env = gym.wrappers.NormalizeObservation(env)
+        env = gym.wrappers.TransformObservation(env, lambda obs: np.clip(obs, -10, 10), env.observation_space)
+        env = gym.wrappers.NormalizeReward(env, gamma=gamma)
+        return gym.wrappers.TransformReward(env, lambda reward: np.clip(reward, -10, 10))
+
+    return thunk
+
+
 def cleanrl_baseline(env_id, total_timesteps, seed=1):
     """CleanRL ppo_continuous_action's loop, gymnasium 1.x: torch tensor buffers, no inference_mode, default Adam
     and distribution checks, per-minibatch approx-KL and clip fraction (TensorBoard writes omitted)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     num_steps, batch_size, minibatch_size = 2048, 2048, 64
-    envs = gym.vector.SyncVectorEnv([make_env(env_id, 0.99)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs = gym.vector.SyncVectorEnv([cleanrl_make_env(env_id, 0.99)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     agent = CleanRLAgent(envs.single_observation_space.shape[0], envs.single_action_space.shape[0])
     optimizer = torch.optim.Adam(agent.parameters(), lr=3e-4, eps=1e-5)
     obs = torch.zeros((num_steps, 1) + envs.single_observation_space.shape)
@@ -125,12 +152,13 @@ def cleanrl_baseline(env_id, total_timesteps, seed=1):
     return global_step / (time.time() - start)
 
 
-def script_sps(script, env_id, total_timesteps):
+def script_sps(script, env_id, total_timesteps, code_dir=REPO):
     out = os.path.join("/tmp", f"bench_{script}_{os.getpid()}_{time.time_ns()}")
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, script), "--env-id", env_id, "--total-timesteps", str(total_timesteps), "--run-dir", out],
-        capture_output=True, text=True, cwd=REPO, check=True,
+        [sys.executable, os.path.join(code_dir, script), "--env-id", env_id, "--total-timesteps", str(total_timesteps), "--run-dir", out],
+        capture_output=True, text=True, cwd=code_dir, check=True,
     )
+    shutil.rmtree(out, ignore_errors=True)
     return float(re.findall(r"SPS (\d+)", proc.stdout)[-1])
 
 
@@ -144,6 +172,191 @@ def eval_seconds(checkpoint, attack, extra=()):
         return json.load(f)["results"], proc.stdout
 
 
+
+def anchor_sps(anchor, total_timesteps):
+    """CleanRL's unmodified script through the anchor (its own venv, one thread); its last `cleanrl_sps N` line."""
+    env = dict(os.environ, CLEANRL_TOTAL_TIMESTEPS=str(total_timesteps))
+    proc = subprocess.run(["bash", os.path.abspath(anchor)], capture_output=True, text=True, cwd=REPO, env=env, check=True)
+    return float(re.findall(r"^cleanrl_sps (\d+)", proc.stdout, re.M)[-1])
+
+
+# The profile: each part of a training step timed in this process with time.process_time (the process's CPU time: with
+# one thread on an idle machine, its wall time; on a loaded machine much less inflated than wall time), for the current
+# code and for --reference's spo_ppo.py, in turn. The whole iteration is the scripts' own SPS (wall time, training loop).
+
+def reference_code(commit):
+    """The training scripts and attacks.py as of `commit` in a temporary directory, and its spo_ppo.py imported as a module."""
+    code_dir = tempfile.mkdtemp(prefix=f"bench_{commit}_")
+    for name in TRAINING_SCRIPTS + ["attacks.py"]:
+        proc = subprocess.run(["git", "show", f"{commit}:{name}"], capture_output=True, text=True, cwd=REPO)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: cannot read {name} at commit {commit} (--reference): {proc.stderr.strip()}")
+        with open(os.path.join(code_dir, name), "w") as f:
+            f.write(proc.stdout)
+    spec = importlib.util.spec_from_file_location(f"spo_ppo_{commit}", os.path.join(code_dir, "spo_ppo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return code_dir, module
+
+
+def cpu_us(step, n):
+    """CPU microseconds per call of step(i), i = 0 .. n-1."""
+    start = time.process_time()
+    for i in range(n):
+        step(i)
+    return (time.process_time() - start) / n * 1e6
+
+
+def env_step_us(env, actions):
+    """A single env (reset at episode ends) stepped through the given actions."""
+    env.reset(seed=1)
+
+    def step(i):
+        if any(env.step(actions[i])[2:4]):
+            env.reset()
+
+    return cpu_us(step, len(actions))
+
+
+def rollout(code, env_id, steps):
+    """The scripts' rollout loop (vector env, policy forward under inference_mode, numpy buffers) for `steps` steps:
+    CPU us per step of the env part, of the policy part and of the whole step, and the batch it collected."""
+    torch.manual_seed(1)
+    envs = gym.vector.SyncVectorEnv([code.make_env(env_id, 0.99)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    agent = code.Agent(obs_dim, act_dim)
+    buffers = {"obs": np.zeros((steps, 1, obs_dim), np.float32), "actions": np.zeros((steps, 1, act_dim), np.float32),
+               **{k: np.zeros((steps, 1), np.float32) for k in ("logprobs", "values", "rewards", "dones")}}
+    next_obs = envs.reset(seed=1)[0].astype(np.float32)
+    policy = env = 0.0
+    with torch.inference_mode():
+        for step in range(steps):
+            t0 = time.process_time()
+            buffers["obs"][step] = next_obs
+            action, logprob, _, value = agent.get_action_and_value(torch.from_numpy(next_obs))
+            buffers["values"][step], buffers["actions"][step], buffers["logprobs"][step] = value.flatten().numpy(), action.numpy(), logprob.numpy()
+            t1 = time.process_time()
+            next_obs, reward, terminations, truncations, infos = envs.step(buffers["actions"][step])
+            next_obs = next_obs.astype(np.float32)
+            buffers["dones"][step], buffers["rewards"][step] = np.logical_or(terminations, truncations), reward
+            t2 = time.process_time()
+            policy, env = policy + t1 - t0, env + t2 - t1
+    envs.close()
+    return env / steps * 1e6, policy / steps * 1e6, (env + policy) / steps * 1e6, agent, buffers
+
+
+def update_us(code, agent, buffers, before=False, epochs=10, minibatch_size=64, clip_coef=0.2):
+    """CPU us per minibatch update as the scripts run it by default (CleanRL's: per-minibatch approx-KL and clip fraction,
+    normalised advantages, clipped surrogate and value loss, one backward, gradient clipping at 0.5, fused Adam). `before`:
+    the update lines before the throughput work (numpy indices, agent.parameters() at each clipping, torch.isfinite)."""
+    optimizer = torch.optim.Adam([{"params": list(agent.actor_mean.parameters()) + [agent.actor_logstd]},
+                                  {"params": agent.critic.parameters()}], lr=3e-4, eps=1e-5, fused=True)
+    n = len(buffers["obs"]) // minibatch_size * minibatch_size
+    b_obs, b_actions = (torch.from_numpy(buffers[k][:n].reshape(n, -1)) for k in ("obs", "actions"))
+    b_logprobs, b_values = (torch.from_numpy(buffers[k][:n].reshape(-1)) for k in ("logprobs", "values"))
+    rng = np.random.default_rng(0)
+    b_advantages, b_returns = torch.from_numpy(rng.normal(size=n).astype(np.float32)), b_values + 0.1
+    b_inds = np.arange(n)
+    params = list(agent.parameters())
+
+    def epoch(_):
+        np.random.shuffle(b_inds)
+        for start in range(0, n, minibatch_size):
+            mb_inds = b_inds[start : start + minibatch_size] if before else torch.from_numpy(b_inds[start : start + minibatch_size])
+            _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+            logratio = newlogprob - b_logprobs[mb_inds]
+            ratio = logratio.exp()
+            with torch.no_grad():
+                old_approx_kl, approx_kl = (-logratio).mean(), ((ratio - 1) - logratio).mean()
+                clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean().item()
+            mb_advantages = b_advantages[mb_inds]
+            mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+            pg_loss = code.clipped_surrogate(newlogprob, b_logprobs[mb_inds], mb_advantages, clip_coef).mean()
+            v_loss = code.value_loss(newvalue.view(-1), b_returns[mb_inds], b_values[mb_inds], clip_coef, True)
+            loss = pg_loss - 0.0 * entropy.mean() + v_loss * 0.5
+            if not (torch.isfinite(loss) if before else math.isfinite(loss.item())):
+                raise SystemExit("error: non-finite loss in the profile's update")
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters() if before else params, 0.5, foreach=True)
+            optimizer.step()
+
+    return cpu_us(epoch, epochs) / (n // minibatch_size)
+
+
+def profile_parts(code, env_id, steps, before):
+    """{part: CPU us} for one version of the code (module `code`: its spo_ppo.py; `before`: the reference's update lines)."""
+    actions = np.random.default_rng(0).normal(size=(steps,) + gym.make(env_id).action_space.shape)  # an untrained policy's
+    raw = gym.make(env_id).unwrapped
+    low, high = raw.action_space.low, raw.action_space.high
+    parts = {
+        "MuJoCo env alone (`env.unwrapped.step`)": env_step_us(raw, np.clip(actions, low, high)),
+        "`gym.make` env (+ TimeLimit, OrderEnforcing, PassiveEnvChecker)": env_step_us(gym.make(env_id), np.clip(actions, low, high)),
+        "+ the training wrappers (`make_env`: episode statistics, clip, normalisers)": env_step_us(code.make_env(env_id, 0.99)(), actions),
+    }
+    vec = gym.vector.SyncVectorEnv([code.make_env(env_id, 0.99)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    vec.reset(seed=1)
+    parts["+ `SyncVectorEnv` (1 env, SAME_STEP autoreset)"] = cpu_us(lambda i: vec.step(actions[i : i + 1]), steps)
+    vec.close()
+    agent = code.Agent(raw.observation_space.shape[0], raw.action_space.shape[0])
+    obs = torch.from_numpy(np.random.default_rng(1).normal(size=(steps, 1, raw.observation_space.shape[0])).astype(np.float32))
+
+    def forward(i):
+        action, logprob, _, value = agent.get_action_and_value(obs[i])
+        value.flatten().numpy(), action.numpy(), logprob.numpy()
+
+    with torch.inference_mode():
+        parts["policy forward alone (`get_action_and_value` under inference_mode, to numpy)"] = cpu_us(forward, steps)
+    env_us, policy_us, step_us, agent, buffers = rollout(code, env_id, steps)
+    parts["rollout loop: its env step"] = env_us
+    parts["rollout loop: its policy forward"] = policy_us
+    parts["rollout loop: one step"] = step_us
+    parts["one minibatch update (64 samples; 320 per 2048-step iteration)"] = update_us(code, agent, buffers, before)
+    parts["the update per env step (320 minibatches / 2048 steps)"] = parts["one minibatch update (64 samples; 320 per 2048-step iteration)"] * 320 / 2048
+    return parts
+
+
+def profile(args):
+    code_dir, reference = reference_code(args.reference)
+    try:
+        return profile_versions(args, code_dir, reference)
+    finally:
+        shutil.rmtree(code_dir)
+
+
+def profile_versions(args, code_dir, reference):
+    import spo_ppo as current
+
+    torch.set_num_threads(1)
+    versions = {args.reference: (reference, code_dir), "current": (current, REPO)}
+    parts, sps = {v: [] for v in versions}, {(v, s): [] for v in versions for s in TRAINING_SCRIPTS}
+    for _ in range(args.repeats):  # in turn, so a slow spell of the machine hits both versions alike
+        for name, (code, _) in versions.items():
+            parts[name].append(profile_parts(code, args.env_id, args.profile_steps, before=name == args.reference))
+            print(f"  {name}: " + ", ".join(f"{v:.0f}" for v in parts[name][-1].values()), flush=True)
+        for script in TRAINING_SCRIPTS:
+            for name, (_, directory) in versions.items():
+                sps[name, script].append(script_sps(script, args.env_id, args.total_timesteps, directory))
+                print(f"  {name} {script:16s} {sps[name, script][-1]:7.0f} SPS", flush=True)
+    median = {v: {k: float(np.median([p[k] for p in parts[v]])) for k in parts[v][0]} for v in versions}
+    ref, cur = median[args.reference], median["current"]
+    lines = ["## Profile of a training step (`bench.py --profile`)", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+             f"one torch thread; {args.env_id}, an untrained policy; median of {args.repeats} run(s), the two versions in turn. Command: "
+             f"`python bench.py --profile --total-timesteps {args.total_timesteps} --repeats {args.repeats}`. The parts are CPU time "
+             f"(`time.process_time`) in one process, {args.profile_steps} env steps each; the iteration is the scripts' own SPS (wall time "
+             f"of the training loop, {args.total_timesteps} steps).", "",
+             f"| part | before ({args.reference}), µs | now, µs | speed-up |", "|---|---|---|---|"]
+    lines += [f"| {k} | {ref[k]:.0f} | {cur[k]:.0f} | {ref[k] / cur[k]:.2f}× |" for k in ref]
+    per_step = {key: 1e6 / float(np.median(v)) for key, v in sps.items()}
+    lines += ["", f"Whole iterations, µs per env step (1 / SPS) and the wall time relative to `spo_ppo.py` of the same version:", "",
+              f"| script | before ({args.reference}), µs | vs SPO | now, µs | vs SPO | speed-up |", "|---|---|---|---|---|---|"]
+    for script in TRAINING_SCRIPTS:
+        b, n = per_step[args.reference, script], per_step["current", script]
+        b_spo, n_spo = per_step[args.reference, "spo_ppo.py"], per_step["current", "spo_ppo.py"]
+        lines.append(f"| `{script}` | {b:.0f} | {b / b_spo:.2f}× | {n:.0f} | {n / n_spo:.2f}× | {b / n:.2f}× |")
+    return "\n".join(lines) + "\n"
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     mujoco.set_mju_user_warning(print_mujoco_warning)
@@ -152,16 +365,28 @@ if __name__ == "__main__":
     if args.repeats < 1:
         raise SystemExit(f"error: --repeats must be >= 1, got {args.repeats}")
     torch.set_num_threads(1)
+    if args.profile:
+        print(f"profile: {args.env_id}, the current code and {args.reference}'s, in turn", flush=True)
+        report = profile(args)
+        print("\n" + report)
+        write_section(args.output, "bench.py --profile", report, new_file_head="# Benchmarks\n")
+        print(f"wrote {args.output}")
+        raise SystemExit(0)
     lines = [f"## Measured by bench.py", "", f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
              f"{os.cpu_count()} cores, torch {torch.__version__}, one torch thread, one job at a time. Command: "
-             f"`python bench.py --total-timesteps {args.total_timesteps} --repeats {args.repeats}" + (f" --checkpoint {args.checkpoint}`" if args.checkpoint else "`"), ""]
+             f"`python bench.py --total-timesteps {args.total_timesteps} --repeats {args.repeats}" + (f" --anchor {args.anchor}" if args.anchor else "")
+             + (f" --checkpoint {args.checkpoint}`" if args.checkpoint else "`"), ""]
 
     print(f"training benchmark: {args.total_timesteps} steps on {args.env_id} per script", flush=True)
     base = cleanrl_baseline(args.env_id, args.total_timesteps)
     print(f"  cleanrl-semantics baseline  {base:7.0f} SPS", flush=True)
     scripts = [s for s in TRAINING_SCRIPTS if os.path.exists(os.path.join(REPO, s))]
     runs = {s: [] for s in scripts}
+    anchor_runs = []
     for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every script alike
+        if args.anchor:  # right before spo_ppo.py, so that each pair meets the machine in the same state
+            anchor_runs.append(anchor_sps(args.anchor, args.total_timesteps))
+            print(f"  {'CleanRL (anchor)':27s} {anchor_runs[-1]:7.0f} SPS", flush=True)
         for script in scripts:
             runs[script].append(script_sps(script, args.env_id, args.total_timesteps))
             print(f"  {script:27s} {runs[script][-1]:7.0f} SPS", flush=True)
@@ -169,7 +394,15 @@ if __name__ == "__main__":
     lines += [f"### Training ({args.env_id}, {args.total_timesteps} steps each, median of {args.repeats} run(s))", "",
               "| script | SPS | wall time vs spo_ppo.py | speed vs CleanRL-semantics loop |", "|---|---|---|---|",
               f"| CleanRL-semantics loop (in bench.py) | {base:.0f} | {sps['spo_ppo.py'] / base:.2f}× | 1.00× |"]
+    if anchor_runs:
+        cleanrl = float(np.median(anchor_runs))
+        lines.append(f"| CleanRL's own script (`{args.anchor}`, {os.environ.get('CLEANRL_ENV_ID', 'Hopper-v4')}) | {cleanrl:.0f} | "
+                     f"{sps['spo_ppo.py'] / cleanrl:.2f}× | {cleanrl / base:.2f}× |")
     lines += [f"| `{s}` | {v:.0f} | {sps['spo_ppo.py'] / v:.2f}× | {v / base:.2f}× |" for s, v in sps.items()]
+    if anchor_runs:
+        pairs = ", ".join(f"{s:.0f} vs {a:.0f}" for s, a in zip(runs["spo_ppo.py"], anchor_runs))
+        lines += ["", f"`spo_ppo.py` vs CleanRL's own script, pair by pair (CleanRL run just before SPO): {pairs} SPS; "
+                  f"ratio of the medians {sps['spo_ppo.py'] / cleanrl:.2f}×."]
 
     if args.checkpoint:
         print(f"evaluation benchmark on {args.checkpoint}", flush=True)
