@@ -23,10 +23,10 @@ checkpoint by sarl_attack.py / paad_attack.py and saved next to it as sarl_eps<e
 evaluated twice, with its mean action (as the literature does) and with actions sampled from its policy
 (the stochastic policy it was trained as), and the stronger is reported. `--attacks all` includes them
 when present and prints the command that trains a missing one; `--train-learned` trains the missing ones
-first (default budgets: 1M steps, about 5 min each of one core for Hopper; TensorBoard logs next to the
-checkpoint in <attack>_eps<eps>_tb/). It never replaces an adversary that is there: a file it cannot use
-(trained against another sha1, unreadable) is a one-line error; move it aside, or retrain it with the attack
-script's --overwrite.
+first, each by running its attack script in a subprocess (default budgets: 1M steps, about 5 min each of one
+core for Hopper; TensorBoard logs next to the checkpoint in <attack>_eps<eps>_tb/). It never replaces an adversary
+that is there: a file it cannot use (trained against another sha1, unreadable) is a one-line error; move it aside,
+or retrain it with the attack script's --overwrite.
 
 Every input is checked before the first episode: the flags (eps and rs_eps within the observation clip
 [0, 10], MAD's betas finite), the checkpoint, a cached Robust Sarsa model, and the output path (its directory
@@ -37,6 +37,8 @@ import importlib.util
 import json
 import math
 import os
+import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -109,7 +111,7 @@ class Args:
 
     # Learned attacks (SA-RL, PA-AD)
     train_learned: bool = False
-    """train the missing sarl / paad adversaries first (in-process, with the attack script's default budget)"""
+    """train the missing sarl / paad adversaries first (the attack script in a subprocess, with its default budget)"""
     learned_args: str = ""
     """extra flags for sarl_attack.py / paad_attack.py when --train-learned trains, e.g. --learned-args='--grid' (mind the =)"""
 
@@ -432,19 +434,15 @@ def robust_sarsa_models(agent, ckpt_path, ckpt, args, digest):
     return models
 
 
-def learned_attack_script(name):
-    """The module (sarl_attack.py or paad_attack.py) that trains and stores the learned attack `name`."""
-    import paad_attack  # imported here: they import this file
-    import sarl_attack
-
-    return {"sarl": sarl_attack, "paad": paad_attack}[name]
+def adversary_path(name, ckpt_path, eps):
+    """Where sarl_attack.py / paad_attack.py save the adversary of this checkpoint and eps, and where it is looked for."""
+    return os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"{name}_eps{eps:g}.pt")
 
 
 def load_learned_adversary(name, ckpt_path, eps, victim_sha1):
     """The sarl / paad adversary trained for this checkpoint and eps: ((network, its checkpoint), None), or
     (None, why not) if there is no usable one next to the checkpoint."""
-    module = learned_attack_script(name)
-    path = module.adversary_path(ckpt_path, eps)
+    path = adversary_path(name, ckpt_path, eps)
     fname = os.path.basename(path)
     if not os.path.isfile(path):
         return None, f"no {fname} next to the checkpoint"
@@ -472,13 +470,13 @@ def adversary_action(net, x, sampled):
 
 
 def train_learned_adversary(name, ckpt_path, eps, extra_args):
-    """Train the missing sarl / paad adversary in-process with the attack script's defaults (+ extra_args)."""
-    import shlex
-
-    module = learned_attack_script(name)
+    """Train the missing sarl / paad adversary with the attack script's defaults (+ extra_args), in a process of its
+    own: the attack scripts import this file, and this file never imports them."""
     tb_dir = os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"{name}_eps{eps:g}_tb")
-    script_args = tyro.cli(module.Args, args=[ckpt_path, "--epsilon", repr(eps), "--run-dir", tb_dir, *shlex.split(extra_args)])
-    module.main(script_args)
+    script = os.path.join(REPO, f"{name}_attack.py")
+    proc = subprocess.run([sys.executable, script, ckpt_path, "--epsilon", repr(eps), "--run-dir", tb_dir, *shlex.split(extra_args)])
+    if proc.returncode != 0:  # the attack script has printed its own error line
+        raise SystemExit(proc.returncode)
 
 
 def default_epsilon(env_id):
@@ -556,7 +554,7 @@ if __name__ == "__main__":
     learned, missing = {}, {}  # sarl / paad: (adversary network, its checkpoint), trained beforehand against this checkpoint
     for name in [n for n in names if n in LEARNED_ATTACKS]:
         found, why = load_learned_adversary(name, args.checkpoint, eps, victim_sha1)
-        path = learned_attack_script(name).adversary_path(args.checkpoint, eps)
+        path = adversary_path(name, args.checkpoint, eps)
         if found is None and args.train_learned and os.path.exists(path):  # --train-learned adds adversaries, never replaces one
             raise SystemExit(f"error: --train-learned does not replace {path}: {why}; move it aside to train a new one")
         if found is None:

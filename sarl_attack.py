@@ -194,11 +194,6 @@ class Args:
     """the number of iterations (computed in runtime)"""
 
 
-def adversary_path(victim_path, eps):
-    """Where the adversary of this victim and eps lives (and where evaluate.py looks for it)."""
-    return os.path.join(os.path.dirname(os.path.abspath(victim_path)), f"{ATTACK}_eps{eps:g}.pt")
-
-
 def make_env(env_id, obs_rms, gamma):
     """The victim's evaluation pipeline (frozen normaliser, clip +-10) plus the adversary's reward."""
 
@@ -528,7 +523,7 @@ def main(args):
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
     if args.minibatch_size < 1:
         raise SystemExit("error: --num-minibatches is larger than the batch (num_envs * num_steps)")
-    out = args.output or adversary_path(args.victim, eps)
+    out = args.output or evaluate.adversary_path(ATTACK, args.victim, eps)
     if evaluate.output_problem(out):
         raise SystemExit(f"error: cannot write the adversary: {evaluate.output_problem(out)}")
     if os.path.exists(out) and not args.overwrite:  # e.g. a committed adversary next to an exported agent

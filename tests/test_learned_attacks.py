@@ -2,7 +2,10 @@
 pick-up by evaluate.py, the perturbations' ball property, PA-AD's actor step, and bad input."""
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -13,7 +16,7 @@ import torch.nn as nn
 import attacks
 import paad_attack
 import sarl_attack
-from conftest import TINY, assert_one_line_error, read_scalars, run_script
+from conftest import REPO, TINY, assert_one_line_error, read_scalars, run_script
 from spo_ppo import Agent
 
 # one iteration of 2 sub-envs x 64 steps
@@ -104,17 +107,32 @@ def test_stale_adversary_is_ignored(trained_victim, tmp_path):
     assert_one_line_error(proc, "no sarl_eps0.05.pt")  # an adversary is specific to its eps
 
 
-def test_train_learned_trains_the_missing_adversaries(tiny_spo_checkpoint, tmp_path):
+def test_train_learned_trains_the_missing_adversaries_in_a_subprocess(tiny_spo_checkpoint, tmp_path):
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
     out = tmp_path / "eval.json"
-    proc = run_script("evaluate.py", victim, "--attacks", "sarl,paad", "--num-episodes", "2", "--train-learned",
-                      "--learned-args=" + " ".join(TINY_ADV), "--output", out)
+    # -X importtime lists every module this process imports (not its subprocesses'): evaluate.py runs as __main__ and
+    # must not be imported a second time as `evaluate`, as it was when it imported the trainer, which imports it
+    proc = subprocess.run([sys.executable, "-X", "importtime", os.path.join(REPO, "evaluate.py"), str(victim), "--attacks",
+                           "sarl,paad", "--num-episodes", "2", "--train-learned", "--learned-args=" + " ".join(TINY_ADV),
+                           "--output", str(out)], capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = [line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "torch" in imported and "attacks" in imported  # the trace is complete
+    assert "evaluate" not in imported and not {"learned_attack", "sarl_attack", "paad_attack"} & set(imported)
     assert (victim.parent / "sarl_eps0.075.pt").is_file() and (victim.parent / "paad_eps0.075.pt").is_file()
     assert set(json.loads(out.read_text())["results"]) == {"natural", "sarl", "paad"}
-    assert "training one now" in proc.stdout
+    assert proc.stdout.count("training one now") == 2 and "saved " in proc.stdout  # the trainer's output is the user's
     proc = run_script("evaluate.py", victim, "--attacks", "sarl,paad", "--num-episodes", "2", "--train-learned",
                       "--learned-args=" + " ".join(TINY_ADV), "--output", out)
     assert "training one now" not in proc.stdout  # present and fresh: reused
+
+
+def test_train_learned_stops_with_the_trainers_one_error_line(tiny_spo_checkpoint, tmp_path):
+    victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
+    proc = run_script("evaluate.py", victim, "--attacks", "paad", "--num-episodes", "2", "--train-learned",
+                      "--learned-args=--gamma 5", "--output", tmp_path / "eval.json", check=False)
+    assert_one_line_error(proc, "--gamma")
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["agent.pt"] and not (tmp_path / "eval.json").exists()
 
 
 def test_grid_keeps_the_setting_with_the_lowest_victim_return(tiny_spo_checkpoint, tmp_path):
