@@ -17,8 +17,8 @@ not shift the rollout's action sampling (at eps = 0 a robust script then repeats
     pgd     the projected sign-gradient solver behind critic and q_pgd (and ARPO's inner adversary)
     mlp_input_grad   grad_x of a function of a tanh MLP's output (actor or critic), fast (tanh_mlp_layers: its layers)
     gaussian_ppo_loss_grad  the gradient of the PPO clipped loss w.r.t. the policy mean (ARPO's inner loss, fast path)
-    bounded_perturbation  s + eps * hardtanh(a) for a learned adversary's action a (SA-RL, sarl_attack.py)
-    paad_actor  PGD pushing the victim's mean action along a direction d (PA-AD's actor, paad_attack.py)
+    bounded_perturbation  s + eps * hardtanh(a) for a learned adversary's action a (SA-RL, learned_attack.py sarl)
+    paad_actor  PGD pushing the victim's mean action along a direction d (PA-AD's actor, learned_attack.py paad)
     interval_bounds  IBP: elementwise bounds of a Linear/Tanh MLP's output over the ball (SA-PPO's convex
                      variant, RADIAL-PPO, WocaR-PPO)
 """

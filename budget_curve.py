@@ -1,11 +1,11 @@
 """Budget curves of the learned attacks: the victim's return against the adversary's training steps.
 
-    python sarl_attack.py <dir>/agent.pt --early-stop-window 0 --total-timesteps 1500000 \\
+    python learned_attack.py sarl <dir>/agent.pt --early-stop-window 0 --total-timesteps 1500000 \\
         --eval-at 250000 500000 1000000 1500000       # at each step: mean and sampled adversary, 50 episodes
-    python paad_attack.py <dir>/agent.pt --early-stop-window 0 --total-timesteps 1500000 --eval-at ...
+    python learned_attack.py paad <dir>/agent.pt --early-stop-window 0 --total-timesteps 1500000 --eval-at ...
     python budget_curve.py <dir>/sarl_eps0.075.pt <dir>/paad_eps0.075.pt --output docs/figures/budget.png
 
-Reads the `curve` the attack scripts store in the adversary checkpoint (--eval-at) and, if evaluate.py's
+Reads the `curve` learned_attack.py stores in the adversary checkpoint (--eval-at) and, if evaluate.py's
 eval*.json lies next to the victim, its natural, random and gradient-attack returns as reference lines.
 Prints one markdown table row per curve point (the stronger of the mean and sampled adversary is the attack's
 return, as evaluate.py reports it).

@@ -18,15 +18,15 @@ Robust Sarsa (rs) trains a Q^pi of the frozen victim first (cached next to the c
 rs_q_*.pt and reused); see `train_robust_sarsa` for the procedure and what it approximates.
 
 The learned attacks SA-RL (sarl) and PA-AD (paad) use an adversary trained beforehand against this
-checkpoint by sarl_attack.py / paad_attack.py and saved next to it as sarl_eps<eps>.pt / paad_eps<eps>.pt
-(an adversary trained against another version of the checkpoint, i.e. another sha1, is ignored). It is
+checkpoint by `learned_attack.py sarl` / `learned_attack.py paad` and saved next to it as sarl_eps<eps>.pt /
+paad_eps<eps>.pt (an adversary trained against another version of the checkpoint, i.e. another sha1, is ignored). It is
 evaluated twice, with its mean action (as the literature does) and with actions sampled from its policy
 (the stochastic policy it was trained as), and the stronger is reported. `--attacks all` includes them
 when present and prints the command that trains a missing one; `--train-learned` trains the missing ones
-first (default budgets: 1M steps, about 5 min each of one core for Hopper; TensorBoard logs next to the
-checkpoint in <attack>_eps<eps>_tb/). It never replaces an adversary that is there: a file it cannot use
-(trained against another sha1, unreadable) is a one-line error; move it aside, or retrain it with the attack
-script's --overwrite.
+first, each by running learned_attack.py in a subprocess (default budgets: 1M steps, about 5 min each of one
+core for Hopper; TensorBoard logs next to the checkpoint in <attack>_eps<eps>_tb/). It never replaces an adversary
+that is there: a file it cannot use (trained against another sha1, unreadable) is a one-line error; move it aside,
+or retrain it with learned_attack.py's --overwrite.
 
 Every input is checked before the first episode: the flags (eps and rs_eps within the observation clip
 [0, 10], MAD's betas finite), the checkpoint, a cached Robust Sarsa model, and the output path (its directory
@@ -37,6 +37,8 @@ import importlib.util
 import json
 import math
 import os
+import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +58,7 @@ from spo_ppo import Agent, print_mujoco_warning
 DEFAULT_EPS = attacks.DEFAULT_EPSILON  # per env family, the literature's (attacks.py)
 OBS_CLIP = 10.0  # normalised observations are clipped to +-OBS_CLIP (the training scripts' clip, `obs_clip` in checkpoints)
 ATTACKS = ["random", "critic", "mad", "rs", "sarl", "paad"]
-LEARNED_ATTACKS = ["sarl", "paad"]  # need an adversary trained by sarl_attack.py / paad_attack.py
+LEARNED_ATTACKS = ["sarl", "paad"]  # need an adversary trained by learned_attack.py
 
 
 @dataclass
@@ -109,9 +111,9 @@ class Args:
 
     # Learned attacks (SA-RL, PA-AD)
     train_learned: bool = False
-    """train the missing sarl / paad adversaries first (in-process, with the attack script's default budget)"""
+    """train the missing sarl / paad adversaries first (learned_attack.py in a subprocess, with its default budget)"""
     learned_args: str = ""
-    """extra flags for sarl_attack.py / paad_attack.py when --train-learned trains, e.g. --learned-args='--grid' (mind the =)"""
+    """extra flags for learned_attack.py when --train-learned trains, e.g. --learned-args='--grid' (mind the =)"""
 
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -432,19 +434,15 @@ def robust_sarsa_models(agent, ckpt_path, ckpt, args, digest):
     return models
 
 
-def learned_attack_script(name):
-    """The module (sarl_attack.py or paad_attack.py) that trains and stores the learned attack `name`."""
-    import paad_attack  # imported here: they import this file
-    import sarl_attack
-
-    return {"sarl": sarl_attack, "paad": paad_attack}[name]
+def adversary_path(name, ckpt_path, eps):
+    """Where learned_attack.py saves the sarl / paad adversary of this checkpoint and eps, and where it is looked for."""
+    return os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"{name}_eps{eps:g}.pt")
 
 
 def load_learned_adversary(name, ckpt_path, eps, victim_sha1):
     """The sarl / paad adversary trained for this checkpoint and eps: ((network, its checkpoint), None), or
     (None, why not) if there is no usable one next to the checkpoint."""
-    module = learned_attack_script(name)
-    path = module.adversary_path(ckpt_path, eps)
+    path = adversary_path(name, ckpt_path, eps)
     fname = os.path.basename(path)
     if not os.path.isfile(path):
         return None, f"no {fname} next to the checkpoint"
@@ -472,13 +470,13 @@ def adversary_action(net, x, sampled):
 
 
 def train_learned_adversary(name, ckpt_path, eps, extra_args):
-    """Train the missing sarl / paad adversary in-process with the attack script's defaults (+ extra_args)."""
-    import shlex
-
-    module = learned_attack_script(name)
+    """Train the missing sarl / paad adversary with learned_attack.py's defaults (+ extra_args), in a process of its
+    own: learned_attack.py imports this file, and this file never imports it."""
     tb_dir = os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"{name}_eps{eps:g}_tb")
-    script_args = tyro.cli(module.Args, args=[ckpt_path, "--epsilon", repr(eps), "--run-dir", tb_dir, *shlex.split(extra_args)])
-    module.main(script_args)
+    script = os.path.join(REPO, "learned_attack.py")
+    proc = subprocess.run([sys.executable, script, name, ckpt_path, "--epsilon", repr(eps), "--run-dir", tb_dir, *shlex.split(extra_args)])
+    if proc.returncode != 0:  # learned_attack.py has printed its own error line
+        raise SystemExit(proc.returncode)
 
 
 def default_epsilon(env_id):
@@ -556,7 +554,7 @@ if __name__ == "__main__":
     learned, missing = {}, {}  # sarl / paad: (adversary network, its checkpoint), trained beforehand against this checkpoint
     for name in [n for n in names if n in LEARNED_ATTACKS]:
         found, why = load_learned_adversary(name, args.checkpoint, eps, victim_sha1)
-        path = learned_attack_script(name).adversary_path(args.checkpoint, eps)
+        path = adversary_path(name, args.checkpoint, eps)
         if found is None and args.train_learned and os.path.exists(path):  # --train-learned adds adversaries, never replaces one
             raise SystemExit(f"error: --train-learned does not replace {path}: {why}; move it aside to train a new one")
         if found is None:
@@ -571,7 +569,7 @@ if __name__ == "__main__":
         else:
             found = None
         if found is None:
-            how = f"train one with `python {name}_attack.py {args.checkpoint} --epsilon {eps:g}` or pass --train-learned"
+            how = f"train one with `python learned_attack.py {name} {args.checkpoint} --epsilon {eps:g}` or pass --train-learned"
             if args.attacks != "all":
                 raise SystemExit(f"error: attack {name} needs a trained adversary: {why}; {how}")
             print(f"note: skipping {name}: {why}; {how}")

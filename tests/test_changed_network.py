@@ -41,8 +41,8 @@ def test_training_evaluation_and_learned_attacks_use_the_changed_network(relu_ba
     out = tmp_path / "eval.json"
     run_script("evaluate.py", relu_barpo, "--attacks", "random,critic,mad", "--num-episodes", "2", "--output", out)
     assert json.loads(out.read_text())["algo"] == "barpo"
-    for script in ("sarl_attack.py", "paad_attack.py"):
-        run_script(script, relu_barpo, *TINY, "--num-envs", "2", "--run-dir", tmp_path / script)
+    for name in ("sarl", "paad"):
+        run_script("learned_attack.py", name, relu_barpo, *TINY, "--num-envs", "2", "--run-dir", tmp_path / name)
     run_script("evaluate.py", relu_barpo, "--attacks", "sarl,paad", "--num-episodes", "2", "--output", tmp_path / "learned.json")
     assert {"sarl", "paad"} <= set(json.loads((tmp_path / "learned.json").read_text())["results"])
 

@@ -15,7 +15,6 @@ from conftest import REPO, TINY, assert_one_line_error, read_scalars, run_script
 COMMITTED = os.path.join(REPO, "results", "quick", "Hopper-v5", "spo", "s1")  # an exported agent with its adversaries
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "results", "quick", "Hopper-v5", "spo", "s1")  # a 128-step agent, same layout
 TINY_ADV = [*TINY, "--num-envs", "2"]
-LEARNED = {"sarl": "sarl_attack.py", "paad": "paad_attack.py"}
 ROBUST = ["arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py", "radial_ppo.py", "wocar_ppo.py"]
 
 
@@ -60,7 +59,7 @@ def doctored(tmp_path, name, change):
 def test_learned_attack_refuses_to_replace_a_committed_adversary(name, tmp_path):
     adversary = os.path.join(COMMITTED, f"{name}_eps0.075.pt")
     assert os.path.isfile(adversary)
-    proc = run_script(LEARNED[name], os.path.join(COMMITTED, "agent.pt"), *TINY_ADV, "--run-dir", tmp_path / "tb", check=False)
+    proc = run_script("learned_attack.py", name, os.path.join(COMMITTED, "agent.pt"), *TINY_ADV, "--run-dir", tmp_path / "tb", check=False)
     assert_one_line_error(proc, f"{name}_eps0.075.pt", "--overwrite", "--output")
     assert not (tmp_path / "tb").exists()  # refused before any training
 
@@ -160,7 +159,7 @@ def test_evaluate_checks_its_output_path_before_the_work(bad, tmp_path):
 def test_learned_attack_checks_its_output_path_before_training(name, bad, tmp_path):
     victim = victim_copy(tmp_path / "v")
     out = tmp_path / "no" / "adv.pt" if bad == "missing" else tmp_path
-    proc = run_script(LEARNED[name], victim, *TINY_ADV, "--output", out, "--run-dir", tmp_path / "tb", check=False)
+    proc = run_script("learned_attack.py", name, victim, *TINY_ADV, "--output", out, "--run-dir", tmp_path / "tb", check=False)
     assert_one_line_error(proc, str(out))
     assert not (tmp_path / "tb").exists()
 
@@ -173,7 +172,7 @@ def test_temporary_files_are_not_shared_between_writers(tmp_path):
     assert json.loads(out.read_text())["num_episodes"] == 2
     adversary = victim.parent / "sarl_eps0.075.pt"
     (victim.parent / "sarl_eps0.075.pt.tmp").mkdir()
-    run_script("sarl_attack.py", victim, *TINY_ADV, "--run-dir", tmp_path / "tb")
+    run_script("learned_attack.py", "sarl", victim, *TINY_ADV, "--run-dir", tmp_path / "tb")
     assert torch.load(adversary, weights_only=True)["attack"] == "sarl"
     assert sorted(p.name for p in victim.parent.iterdir()) == ["agent.pt", "sarl_eps0.075.pt", "sarl_eps0.075.pt.tmp"]
 
@@ -225,7 +224,7 @@ def test_evaluate_refuses_an_epsilon_outside_the_observation_clip(eps, tmp_path)
 @pytest.mark.parametrize("name", ["sarl", "paad"])
 def test_learned_attack_refuses_an_epsilon_outside_the_observation_clip(name, tmp_path):
     victim = victim_copy(tmp_path / "v")
-    proc = run_script(LEARNED[name], victim, "--epsilon", "1e9", *TINY_ADV, "--run-dir", tmp_path / "tb", check=False)
+    proc = run_script("learned_attack.py", name, victim, "--epsilon", "1e9", *TINY_ADV, "--run-dir", tmp_path / "tb", check=False)
     assert_one_line_error(proc, "--epsilon")
     assert sorted(os.listdir(victim.parent)) == ["agent.pt"] and not (tmp_path / "tb").exists()
 
@@ -326,7 +325,7 @@ def test_evaluate_refuses_bad_flags_before_the_episodes(flags, fragment, tmp_pat
 @pytest.mark.parametrize("name, flags", [("sarl", ["--threads", "0"]), ("paad", ["--gamma", "5"])])
 def test_learned_attack_refuses_zero_threads_and_a_discount_above_one(name, flags, tmp_path):
     victim = victim_copy(tmp_path / "v")
-    proc = run_script(LEARNED[name], victim, *TINY_ADV, *flags, "--run-dir", tmp_path / "tb", check=False)
+    proc = run_script("learned_attack.py", name, victim, *TINY_ADV, *flags, "--run-dir", tmp_path / "tb", check=False)
     assert_one_line_error(proc, flags[0])
     assert sorted(os.listdir(victim.parent)) == ["agent.pt"] and not (tmp_path / "tb").exists()
 

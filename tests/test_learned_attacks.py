@@ -1,9 +1,12 @@
-"""The learned attacks SA-RL (sarl_attack.py) and PA-AD (paad_attack.py): smoke runs with tiny budgets, their
-pick-up by evaluate.py, the perturbations' ball property, PA-AD's actor step, and bad input."""
+"""The learned attacks SA-RL and PA-AD (learned_attack.py sarl / paad): smoke runs with tiny budgets, their pick-up by
+evaluate.py, the perturbations' ball property, PA-AD's actor step, bad input, and the same adversaries, bit for bit, as
+the two scripts they were before (sarl_attack.py and paad_attack.py of commit BASE)."""
 import hashlib
 import json
+import os
 import shutil
-import types
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,14 +14,14 @@ import torch
 import torch.nn as nn
 
 import attacks
-import paad_attack
-import sarl_attack
-from conftest import TINY, assert_one_line_error, read_scalars, run_script
+import learned_attack
+from conftest import REPO, TINY, assert_one_line_error, read_scalars, run_script
 from spo_ppo import Agent
 
 # one iteration of 2 sub-envs x 64 steps
 TINY_ADV = [*TINY, "--num-envs", "2"]
-SCRIPTS = {"sarl": "sarl_attack.py", "paad": "paad_attack.py"}
+ATTACKS = ["sarl", "paad"]
+BASE = "447d992"  # the last commit with two copies of the trainer, sarl_attack.py and paad_attack.py
 
 
 def copy_victim(checkpoint, directory):
@@ -32,8 +35,8 @@ def copy_victim(checkpoint, directory):
 def trained_victim(tmp_path_factory, tiny_spo_checkpoint):
     """A victim with a tiny-budget SA-RL adversary and PA-AD director next to it."""
     victim = copy_victim(tiny_spo_checkpoint, tmp_path_factory.mktemp("learned") / "victim")
-    for name, script in SCRIPTS.items():
-        run_script(script, victim, *TINY_ADV, "--run-dir", victim.parent / f"tb_{name}")
+    for name in ATTACKS:
+        run_script("learned_attack.py", name, victim, *TINY_ADV, "--run-dir", victim.parent / f"tb_{name}")
     return victim
 
 
@@ -83,11 +86,11 @@ def test_all_without_adversaries_notes_and_explicit_request_is_an_error(tiny_spo
     proc = run_script("evaluate.py", victim, "--attacks", "all", "--num-episodes", "2", "--rs-steps", "400",
                       "--rs-epochs", "1", "--output", out)
     assert set(json.loads(out.read_text())["results"]) == {"natural", "random", "critic", "mad", "rs"}
-    assert f"note: skipping sarl" in proc.stdout and f"python sarl_attack.py {victim} --epsilon 0.075" in proc.stdout
-    assert f"note: skipping paad" in proc.stdout and "python paad_attack.py" in proc.stdout
-    for name in SCRIPTS:
+    assert f"note: skipping sarl" in proc.stdout and f"python learned_attack.py sarl {victim} --epsilon 0.075" in proc.stdout
+    assert f"note: skipping paad" in proc.stdout and "python learned_attack.py paad" in proc.stdout
+    for name in ATTACKS:
         proc = run_script("evaluate.py", victim, "--attacks", name, "--num-episodes", "2", check=False)
-        assert_one_line_error(proc, name, f"{name}_attack.py", "--train-learned")
+        assert_one_line_error(proc, name, f"learned_attack.py {name}", "--train-learned")
 
 
 def test_stale_adversary_is_ignored(trained_victim, tmp_path):
@@ -104,28 +107,82 @@ def test_stale_adversary_is_ignored(trained_victim, tmp_path):
     assert_one_line_error(proc, "no sarl_eps0.05.pt")  # an adversary is specific to its eps
 
 
-def test_train_learned_trains_the_missing_adversaries(tiny_spo_checkpoint, tmp_path):
+def test_train_learned_trains_the_missing_adversaries_in_a_subprocess(tiny_spo_checkpoint, tmp_path):
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
     out = tmp_path / "eval.json"
-    proc = run_script("evaluate.py", victim, "--attacks", "sarl,paad", "--num-episodes", "2", "--train-learned",
-                      "--learned-args=" + " ".join(TINY_ADV), "--output", out)
+    # -X importtime lists every module this process imports (not its subprocesses'): evaluate.py runs as __main__ and
+    # must not be imported a second time as `evaluate`, as it was when it imported the trainer, which imports it
+    proc = subprocess.run([sys.executable, "-X", "importtime", os.path.join(REPO, "evaluate.py"), str(victim), "--attacks",
+                           "sarl,paad", "--num-episodes", "2", "--train-learned", "--learned-args=" + " ".join(TINY_ADV),
+                           "--output", str(out)], capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = [line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "torch" in imported and "attacks" in imported  # the trace is complete
+    assert "evaluate" not in imported and "learned_attack" not in imported
     assert (victim.parent / "sarl_eps0.075.pt").is_file() and (victim.parent / "paad_eps0.075.pt").is_file()
     assert set(json.loads(out.read_text())["results"]) == {"natural", "sarl", "paad"}
-    assert "training one now" in proc.stdout
+    assert proc.stdout.count("training one now") == 2 and "saved " in proc.stdout  # the trainer's output is the user's
     proc = run_script("evaluate.py", victim, "--attacks", "sarl,paad", "--num-episodes", "2", "--train-learned",
                       "--learned-args=" + " ".join(TINY_ADV), "--output", out)
     assert "training one now" not in proc.stdout  # present and fresh: reused
 
 
+def test_train_learned_stops_with_the_trainers_one_error_line(tiny_spo_checkpoint, tmp_path):
+    victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
+    proc = run_script("evaluate.py", victim, "--attacks", "paad", "--num-episodes", "2", "--train-learned",
+                      "--learned-args=--gamma 5", "--output", tmp_path / "eval.json", check=False)
+    assert_one_line_error(proc, "--gamma")
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["agent.pt"] and not (tmp_path / "eval.json").exists()
+
+
 def test_grid_keeps_the_setting_with_the_lowest_victim_return(tiny_spo_checkpoint, tmp_path):
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
-    proc = run_script("paad_attack.py", victim, *TINY_ADV, "--grid", "--grid-learning-rates", "1e-4", "1e-2",
+    proc = run_script("learned_attack.py", "paad", victim, *TINY_ADV, "--grid", "--grid-learning-rates", "1e-4", "1e-2",
                       "--grid-episodes", "2", "--run-dir", tmp_path / "tb")
     adv = torch.load(victim.parent / "paad_eps0.075.pt", weights_only=True)
     assert [g["learning_rate"] for g in adv["grid"]] == [1e-4, 1e-2]
     best = min(adv["grid"], key=lambda g: g["victim_return"])
     assert adv["args"]["learning_rate"] == best["learning_rate"]
     assert sum(line.startswith("grid: lr") for line in proc.stdout.splitlines()) == 2 and (tmp_path / "tb" / "lr0.01_ent0").is_dir()
+
+
+@pytest.fixture(scope="module")
+def base_scripts(tmp_path_factory):
+    """The repository's scripts as they were at BASE, in a directory of their own (their imports resolve there)."""
+    listed = subprocess.run(["git", "ls-tree", "--name-only", BASE], cwd=REPO, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip(f"commit {BASE} is not in this clone's history")
+    where = tmp_path_factory.mktemp("base")
+    for name in [n for n in listed.stdout.split() if n.endswith(".py")]:
+        source = subprocess.run(["git", "show", f"{BASE}:{name}"], cwd=REPO, capture_output=True, check=True).stdout
+        (where / name).write_bytes(source)
+    return where
+
+
+@pytest.mark.parametrize("name, flags", [
+    ("sarl", ["--total-timesteps", "256", "--eval-at", "128", "256", "--eval-episodes", "2"]),  # with a budget curve
+    ("paad", ["--grid", "--grid-learning-rates", "1e-3", "3e-3", "--grid-episodes", "2", "--actor-steps", "5"]),  # with a grid
+])
+def test_same_adversary_bit_for_bit_as_the_two_scripts_it_replaces(name, flags, base_scripts, tiny_spo_checkpoint, tmp_path):
+    """learned_attack.py draws the same random numbers as sarl_attack.py / paad_attack.py did for the same seed and
+    flags: the same weights, the same record, the same format."""
+    victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
+    run_script(base_scripts / f"{name}_attack.py", victim, *TINY_ADV, *flags, "--output", tmp_path / "before.pt",
+               "--run-dir", tmp_path / "tb_before")
+    run_script("learned_attack.py", name, victim, *TINY_ADV, *flags, "--output", tmp_path / "after.pt", "--run-dir", tmp_path / "tb_after")
+    before, after = (torch.load(tmp_path / f, weights_only=True) for f in ("before.pt", "after.pt"))
+    assert before["adversary"].keys() == after["adversary"].keys()
+    for key, value in before["adversary"].items():
+        assert torch.equal(value, after["adversary"][key]), key
+    timing = {"train_seconds", "train_cpu_seconds"}
+    assert set(before) == set(after)
+    for key in set(before) - timing - {"adversary", "args", "curve"}:
+        assert before[key] == after[key], key
+    assert [{k: v for k, v in p.items() if k not in timing} for p in before["curve"]] == \
+           [{k: v for k, v in p.items() if k not in timing} for p in after["curve"]]
+    assert len(before["curve"]) == (2 if name == "sarl" else 0) and len(before["grid"]) == (2 if name == "paad" else 0)
+    where = {"exp_name", "output", "run_dir"}  # the script's name and where this test wrote
+    assert {k: v for k, v in before["args"].items() if k not in where} == {k: v for k, v in after["args"].items() if k not in where}
 
 
 def random_victim_and_adversaries(seed):
@@ -144,15 +201,15 @@ def random_victim_and_adversaries(seed):
 @pytest.mark.parametrize("eps", [0.0, 0.01, 0.3, 2.0])
 def test_learned_perturbations_stay_in_the_ball(seed, eps):
     (victim, sarl_net, director), obs = random_victim_and_adversaries(seed)
-    script_args = types.SimpleNamespace(actor_steps=10, actor_step_size=None)
+    sarl_args, paad_args = learned_attack.SarlArgs(victim="-"), learned_attack.PaadArgs(victim="-")  # PA-AD: 10 steps of eps/10
     with torch.no_grad():
         sarl_action = sarl_net.get_action_and_value(obs)[0]  # a training-time sample, as the rollout uses
         direction = director.get_action_and_value(obs)[0]
     produced = {
-        "sarl (rollout)": sarl_attack.perturb(victim, obs, eps, sarl_action, script_args),
+        "sarl (rollout)": learned_attack.perturb(victim, obs, eps, sarl_action, sarl_args),
         "sarl (evaluation)": attacks.bounded_perturbation(obs, eps, sarl_net.actor_mean(obs)),
         "sarl (huge action)": attacks.bounded_perturbation(obs, eps, 1e6 * torch.randn_like(obs)),
-        "paad (rollout)": paad_attack.perturb(victim, obs, eps, direction, script_args),
+        "paad (rollout)": learned_attack.perturb(victim, obs, eps, direction, paad_args),
         "paad (evaluation)": attacks.paad_actor(victim, obs, eps, director.actor_mean(obs)),
         "paad (3 big steps)": attacks.paad_actor(victim, obs, eps, direction, steps=3, step_size=eps),
     }
@@ -195,11 +252,13 @@ def test_paad_actor_moves_the_action_along_the_direction_more_than_random(seed):
 
 @pytest.mark.parametrize("name", ["sarl", "paad"])
 def test_bad_input_is_one_line_error(name, tiny_spo_checkpoint, tmp_path):
-    script = SCRIPTS[name]
-    assert_one_line_error(run_script(script, tmp_path / "nope.pt", *TINY_ADV, check=False), "does not exist")
+    script = ("learned_attack.py", name)
+    assert_one_line_error(run_script(*script, tmp_path / "nope.pt", *TINY_ADV, check=False), "does not exist")
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
-    assert_one_line_error(run_script(script, victim, "--env-id", "Walker2d-v5", *TINY_ADV, check=False), "Hopper-v5", "Walker2d-v5")
-    assert_one_line_error(run_script(script, victim, "--epsilon", "-0.1", *TINY_ADV, check=False), "epsilon")
+    assert_one_line_error(run_script(*script, victim, "--env-id", "Walker2d-v5", *TINY_ADV, check=False), "Hopper-v5", "Walker2d-v5")
+    assert_one_line_error(run_script(*script, victim, "--epsilon", "-0.1", *TINY_ADV, check=False), "epsilon")
+    if name == "sarl":  # PA-AD's actor flags are not SA-RL's: refused, not ignored
+        assert run_script(*script, victim, "--actor-steps", "3", *TINY_ADV, check=False).returncode != 0
     assert not list(victim.parent.glob(f"{name}_*"))  # nothing written
 
 
@@ -209,7 +268,7 @@ def test_nan_loss_is_one_line_error_and_keeps_the_existing_adversary(name, tiny_
     existing = victim.parent / f"{name}_eps0.075.pt"
     existing.write_bytes(b"an earlier adversary")
     # an infinite std makes every log-probability NaN
-    proc = run_script(SCRIPTS[name], victim, *TINY_ADV, "--init-logstd", "1000", "--overwrite", "--run-dir", tmp_path / "tb", check=False)
+    proc = run_script("learned_attack.py", name, victim, *TINY_ADV, "--init-logstd", "1000", "--overwrite", "--run-dir", tmp_path / "tb", check=False)
     assert_one_line_error(proc, "non-finite")
     assert existing.read_bytes() == b"an earlier adversary"
     assert not list(victim.parent.glob("*.tmp"))
@@ -231,25 +290,25 @@ def test_budget_flags_out_of_range_are_one_line_errors(name, tiny_spo_checkpoint
         (["--eval-at", "0"], "--eval-at"),
     ]
     for flags, fragment in bad:
-        proc = run_script(SCRIPTS[name], victim, *TINY_ADV, *flags, check=False)
+        proc = run_script("learned_attack.py", name, victim, *TINY_ADV, *flags, check=False)
         assert_one_line_error(proc, fragment)
     assert not list(victim.parent.glob(f"{name}_*"))  # nothing written
 
 
 def test_stalled_needs_patience_windows_without_a_real_drop():
-    assert not sarl_attack.stalled([1000, 900], patience=2, min_drop=0.02)  # not enough windows yet
-    assert not sarl_attack.stalled([1000, 900, 800], patience=1, min_drop=0.02)  # still falling
-    assert sarl_attack.stalled([1000, 900, 895], patience=1, min_drop=0.02)  # 5 < 2 % of 1000
-    assert not sarl_attack.stalled([1000, 900, 950, 870], patience=2, min_drop=0.02)  # the last window fell 30
-    assert sarl_attack.stalled([1000, 900, 950, 890], patience=2, min_drop=0.02)
-    assert sarl_attack.stalled([1000, 900, 950, 890], patience=2, min_drop=0.0) is False  # any drop counts at 0
+    assert not learned_attack.stalled([1000, 900], patience=2, min_drop=0.02)  # not enough windows yet
+    assert not learned_attack.stalled([1000, 900, 800], patience=1, min_drop=0.02)  # still falling
+    assert learned_attack.stalled([1000, 900, 895], patience=1, min_drop=0.02)  # 5 < 2 % of 1000
+    assert not learned_attack.stalled([1000, 900, 950, 870], patience=2, min_drop=0.02)  # the last window fell 30
+    assert learned_attack.stalled([1000, 900, 950, 890], patience=2, min_drop=0.02)
+    assert learned_attack.stalled([1000, 900, 950, 890], patience=2, min_drop=0.0) is False  # any drop counts at 0
 
 
 @pytest.mark.parametrize("name", ["sarl", "paad"])
 def test_early_stop_stops_and_records_where(name, tiny_spo_checkpoint, tmp_path):
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
     # a drop of 1e9 x the first window never counts: the run stops after patience + 1 windows of >= 128 steps
-    proc = run_script(SCRIPTS[name], victim, *TINY_ADV, "--total-timesteps", "1280", "--early-stop-window", "128",
+    proc = run_script("learned_attack.py", name, victim, *TINY_ADV, "--total-timesteps", "1280", "--early-stop-window", "128",
                       "--early-stop-patience", "1", "--early-stop-min-drop", "1e9", "--run-dir", tmp_path / "tb")
     adv = torch.load(victim.parent / f"{name}_eps0.075.pt", weights_only=True)
     assert adv["early_stop_step"] == adv["global_step"] == 256 and len(adv["early_stop_window_means"]) == 2
@@ -257,7 +316,7 @@ def test_early_stop_stops_and_records_where(name, tiny_spo_checkpoint, tmp_path)
     means = adv["early_stop_window_means"]  # the adversary saved is the one of the window with the lowest victim return
     assert adv["kept_step"] == 128 * (1 + means.index(min(means)))
     # without the early stop (window 0) the same flags train the whole budget (replacing the first adversary: --overwrite)
-    run_script(SCRIPTS[name], victim, *TINY_ADV, "--total-timesteps", "1280", "--early-stop-window", "0",
+    run_script("learned_attack.py", name, victim, *TINY_ADV, "--total-timesteps", "1280", "--early-stop-window", "0",
                "--early-stop-patience", "1", "--early-stop-min-drop", "1e9", "--overwrite", "--run-dir", tmp_path / "tb0")
     adv = torch.load(victim.parent / f"{name}_eps0.075.pt", weights_only=True)
     assert adv["early_stop_step"] is None and adv["global_step"] == adv["kept_step"] == 1280
@@ -267,8 +326,8 @@ def test_early_stop_stops_and_records_where(name, tiny_spo_checkpoint, tmp_path)
 def test_budget_curve_is_evaluate_py_and_does_not_change_training(name, tiny_spo_checkpoint, tmp_path):
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
     flags = [*TINY_ADV, "--total-timesteps", "384", "--early-stop-window", "0"]
-    run_script(SCRIPTS[name], victim, *flags, "--output", tmp_path / "plain.pt", "--run-dir", tmp_path / "tb0")
-    proc = run_script(SCRIPTS[name], victim, *flags, "--eval-at", "100", "384", "--eval-episodes", "3", "--run-dir", tmp_path / "tb")
+    run_script("learned_attack.py", name, victim, *flags, "--output", tmp_path / "plain.pt", "--run-dir", tmp_path / "tb0")
+    proc = run_script("learned_attack.py", name, victim, *flags, "--eval-at", "100", "384", "--eval-episodes", "3", "--run-dir", tmp_path / "tb")
     adv = torch.load(victim.parent / f"{name}_eps0.075.pt", weights_only=True)
     plain = torch.load(tmp_path / "plain.pt", weights_only=True)
     for key, value in plain["adversary"].items():  # the evaluations leave the training's random streams alone

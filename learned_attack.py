@@ -1,79 +1,80 @@
-"""SA-RL optimal attack (Zhang et al. 2021, "Robust RL on state observations with learned optimal adversary"):
-learn, with PPO, the state perturbation that minimises a frozen victim's return.
+"""Learned evaluation attacks: train, with PPO, an adversary policy that minimises a frozen victim's return by
+perturbing the victim's observations inside the l_inf ball B_eps(s). One trainer, two attacks:
 
-Objective: for a fixed victim policy pi (deterministic: its mean action mu), the adversary nu_phi sees the
-true normalised state s and picks s' = nu_phi(s) in the l_inf ball B_eps(s); the environment steps on s
-with the victim's action mu(s'). This is an ordinary MDP for the adversary, with reward -r:
+    sarl  SA-RL's optimal attack (Zhang et al. 2021, "Robust RL on state observations with learned optimal adversary")
+    paad  PA-AD (Sun et al. 2022, "Who is the strongest enemy? Towards optimal and efficient evasion attacks in deep RL")
 
-    min_phi  E[ sum_t gamma^t r(s_t, mu(nu_phi(s_t))) ]   i.e.   max_phi  E[ sum_t gamma^t (-r_t) ]
-    nu_phi(s) = s + eps * hardtanh(a),   a ~ N(m_phi(s), sigma_phi) in R^obs_dim
+Objective: for a fixed victim with mean action mu (deterministic), the adversary sees the true normalised state s,
+draws an action a ~ N(m_phi(s), sigma_phi) and turns it into the observation s' = perturb(s, a) in B_eps(s) that the
+victim acts on; the environment steps on s. This is an ordinary MDP for the adversary, with reward -r:
+
+    max_phi  E[ sum_t gamma^t (-r(s_t, mu(s'_t))) ],   s'_t = perturb(s_t, a_t),   a_t ~ N(m_phi(s_t), sigma_phi)
+
+What differs between the two attacks (SarlArgs, PaadArgs, adversary_action_dim and perturb below; the rest is shared):
+
+                      sarl (SA-RL)                            paad (PA-AD)
+    adversary action  a perturbation a in R^obs_dim           a direction d in the victim's action space R^act_dim
+                      (11 for Hopper, 105 for Ant)            (3 for Hopper): the "director"
+    perturb(s, a)     s + eps * hardtanh(a)                   argmax_{s' in B_eps(s)} < mu(s') - mu(s), d / |d| >
+                      (attacks.bounded_perturbation)          (attacks.paad_actor, the "actor": --actor-steps 10
+                                                              sign-gradient steps of --actor-step-size eps/10)
+    --ent-coef        1e-2 (entropy bonus)                    0
+    --init-logstd     -1 (std 0.37)                           0 (std 1)
+    saved as          <victim_dir>/sarl_eps<eps>.pt           <victim_dir>/paad_eps<eps>.pt
+
+PA-AD's point is the smaller policy search: the director picks among act_dim directions instead of obs_dim
+perturbations, and the victim's own gradients do the rest. In the code PA-AD's director is called `adversary` too.
 
 Pseudocode, one iteration (PPO of the adversary; the victim and its normaliser never change):
     for num_steps: s = normalised obs (victim's frozen statistics, clipped to +-10)
-                   a ~ adversary(s);  s' = s + eps * clamp(a, -1, 1)        # always inside B_eps(s)
+                   a ~ adversary(s);  s' = perturb(s, a)                    # always inside B_eps(s)
                    env.step(mu_victim(s'));  adversary reward = -env reward (normalised like PPO's)
     GAE on the adversary's rewards; 10 epochs x 4 minibatches of the PPO clipped loss on (s, a) with an
-    entropy bonus; with --early-stop-window: stop once the victim's return has stopped falling (see Budget)
-The adversary's own networks are the PPO agent of spo_ppo.py (64-64 tanh actor and critic, state-
-independent log-std) with an action of size obs_dim. It does not normalise its observations: it acts on the
-victim's normalised s. It normalises its rewards (NormalizeReward on -r, clip +-10), as PPO does; those
-statistics are only used during training and are stored in the checkpoint for the record.
+    entropy bonus of --ent-coef; with --early-stop-window: stop once the victim's return has stopped falling
+The adversary's networks are the PPO agent of spo_ppo.py (64-64 tanh actor and critic, state-independent
+log-std) with an action of the size above. It does not normalise its observations: it acts on the victim's
+normalised s. It normalises its rewards (NormalizeReward on -r, clip +-10), as PPO does; those statistics are
+only used during training and are stored in the checkpoint for the record.
 
-Output: `<victim_dir>/sarl_eps<eps>.pt` (or --output): the adversary's state dict and sizes, eps, the
-sha1 of the victim checkpoint it was trained against (evaluate.py ignores a stale adversary), this
-script's args, training steps, the reward normaliser statistics and, with --grid, every setting's score.
+Output: `<victim_dir>/<attack>_eps<eps>.pt` (or --output): the adversary's state dict and sizes, eps, the sha1 of
+the victim checkpoint it was trained against (evaluate.py ignores a stale adversary), the args (PA-AD's actor
+steps among them), training steps, the reward normaliser statistics and, with --grid, every setting's score.
 It is written to a temporary file of its own and moved into place only at the end: a failed run never overwrites
 it. An adversary already at the output path (e.g. a committed one next to an exported agent) is never replaced
 silently: the script refuses before training unless --overwrite is given (--output trains one elsewhere, where
-evaluate.py does not look). `python evaluate.py <victim> --attacks sarl` then evaluates it with its mean action
-a and with sampled actions, and reports the stronger.
+evaluate.py does not look). `python evaluate.py <victim> --attacks sarl` (or paad) then evaluates it with its
+mean action and with sampled actions, and reports the stronger.
 
-Why an entropy bonus: with CleanRL's PPO defaults (lr 3e-4, no entropy bonus) the adversary's
-std shrinks from the start (entropy 15.6 -> 13.6 in 300k steps on a Hopper SPO victim) while the victim's
-training return under it goes *up* (2549 -> 2814 over the first 100k steps): the policy narrows its initial
-N(0, 1) noise before its mean has found a damaging direction (after the old 2M-step default, the
-mean adversary was weaker than uniform noise). Measured on that victim (natural 2904, random noise 2598), victim return at 300k steps, mean / sampled
-adversary (20 episodes): old defaults 2565 / 2652; lr 1e-3 and 4 minibatches 2498 / 2636; + entropy bonus 1e-2 2122 / 2109
-(1747 / 1922 at 150k); bonus 3e-2 2593 / 2620 (the std explodes and the policy stays noise). With the bonus
-1e-2 the std grows slowly while the mean learns (docs/benchmarks.md has the budget curves: on the 500k-step
-Hopper SPO agent, natural 2480, random 2173, the gradient attacks' worst 1713, SA-RL reaches 915 at 500k steps).
-The adversary starts at log-std -1 (std 0.37) rather than 0: on a victim that noise *helps* (the Hopper BARPO
-agent of docs/benchmarks.md: natural 1535, random 2017) N(0, 1) noise is where the adversary starts and the
-bonus keeps it there (2294 at 500k steps); from std 0.37 it reached 1727. It costs strength where noise hurts:
-on the Hopper SPO agent 1899 at 500k against 915 from std 1, so for a worst case also run `--init-logstd 0`.
+Budget: 1,000,000 steps by default, about 5 min of one core for Hopper. The learning rate anneals to 0 over the
+budget, so a run with a shorter --total-timesteps is weaker than a longer run at the same step.
+`--early-stop-window 100000` stops once the victim's mean return over such windows of training episodes has not
+fallen by --early-stop-min-drop (a fraction of the first window's) for --early-stop-patience windows, and saves
+the adversary of the best window; it is off by default (it can stop on a plateau before the return falls).
+`--literature-budget` trains 5,000,000 steps without the early stop (the order of magnitude of the published
+MuJoCo attack budgets as we recall them; we did not verify the exact per-environment numbers). `--eval-at`
+evaluates the adversary at given steps (budget curves; budget_curve.py plots them). docs/benchmarks.md
+("Learned attacks") has the budget curves, the timings and the runs that chose these defaults.
 
-Budget (docs/benchmarks.md, measured as this process's CPU time, Hopper-v5, 1 thread, 8 sub-envs x 256 steps,
-10 x 4 minibatches): about 0.3 ms per step, so the default 1,000,000 steps are about 5 min of one core (Ant's
-env steps are ~1.7x slower; wall time is longer when other jobs share the core). Shorter budgets are weaker than
-the budget curves suggest: the learning rate anneals to 0 over the budget (PA-AD: a 500k-step run ended at
-1758 on Hopper SPO where the 1M run had 823 at its 500k point; docs/benchmarks.md).
-`--early-stop-window 100000` stops once the victim's mean return over such windows of training episodes has not fallen by
---early-stop-min-drop (a fraction of the first window's) for --early-stop-patience windows, and saves the
-adversary of the best window; it is off by default because it stopped SA-RL at 300k steps on Hopper SPO, on
-the plateau before the return falls (docs/benchmarks.md).
-The literature trains each adversary longer: `--literature-budget` uses 5,000,000 steps without the early
-stop (the order of magnitude of the published MuJoCo attack budgets as we recall them; we did not verify the
-exact per-environment numbers). `--eval-at` evaluates the adversary at given steps (budget curves,
-budget_curve.py plots them).
+Our reconstruction / choices: PPO as CleanRL's, with lr 1e-3 and 10 epochs x 4 minibatches of 512 (8 sub-envs x
+256 steps); SA-RL's entropy bonus is the summed entropy of the obs_dim Gaussian, and its narrower initial std
+makes it stronger on a victim that noise helps and weaker on one that noise hurts (for a worst case also run
+`--init-logstd 0`); the adversary sees only s (not the victim's action or history); the victim acts with its mean
+action (ATLA samples it during attack training); truncation at the time limit ends the adversary's episode like
+a termination (CleanRL convention). PA-AD's actor maximises the projection <mu(s') - mu(s), d/|d|> with
+sign-gradient steps from s' = s (PA-AD's continuous-action actor, as we recall the paper, uses a cosine-
+similarity-type objective; we did not check their code. The projection also rewards a larger move along d, and
+its gradient is well defined at s' = s). `--grid` trains len(grid_learning_rates) x len(grid_ent_coefs)
+settings (default 3 learning rates x 1 entropy coefficient) with the same budget each, evaluates each adversary
+on --grid-episodes episodes and keeps the one with the lowest victim return. The authors of both attacks tuned
+their attackers more extensively per victim (larger grids of PPO hyperparameters, the strongest reported); our
+3 settings are a small scan, so the victim returns we report under sarl and paad may be higher than their search
+would give (our attacks may be weaker).
 
-Our reconstruction / choices: PPO as CleanRL's, with lr 1e-3 (the attack scans of ATLA_robust_RL,
-huanzhang12/ATLA_robust_RL configs/attack_atla_lstm_ppo_hopper_scan.py, use adversary learning rates 1e-3 to
-1e-2 and entropy coefficients 0 to 1e-3 over 488 x 2048 steps; our entropy bonus is the summed entropy of the
-obs_dim Gaussian; of the three we tried, 0, 1e-2 and 3e-2, 1e-2 was the strongest; we did not try theirs),
-10 epochs x 4 minibatches of 512 (about a quarter of the update cost of 32 x 64; at lr 1e-3 it learned about
-as fast per step as 32 x 64 at 3e-4 on the victim above); the adversary sees only s (not the victim's action or
-history); the victim acts with its mean action (ATLA samples it during attack training); truncation at the
-time limit ends the adversary's episode like a termination (CleanRL convention). `--grid` trains
-len(grid_learning_rates) x len(grid_ent_coefs) settings (default 3 learning rates x 1 entropy coefficient)
-with the same budget each, evaluates each adversary on --grid-episodes episodes and keeps the one with the
-lowest victim return. SA-RL's authors scanned a considerably larger grid of PPO hyperparameters per victim
-and reported the strongest adversary; our 3 settings are a small scan, so the victim returns we report under
-sarl may be higher than the literature's search would give (our attack may be weaker).
-
-    python sarl_attack.py runs/<run>/agent.pt                    # default budget, eps per env
-    python sarl_attack.py runs/<run>/agent.pt --grid             # 3 learning rates, keep the strongest
-    python sarl_attack.py runs/<run>/agent.pt --overwrite        # train again, replacing the existing sarl_eps<eps>.pt
-    python evaluate.py runs/<run>/agent.pt --attacks all         # now includes sarl
+    python learned_attack.py sarl runs/<run>/agent.pt               # SA-RL, default budget, eps per env
+    python learned_attack.py paad runs/<run>/agent.pt --grid        # PA-AD, 3 learning rates, keep the strongest
+    python learned_attack.py sarl runs/<run>/agent.pt --overwrite   # train again, replacing sarl_eps<eps>.pt
+    python learned_attack.py paad --help                            # PA-AD's flags and defaults
+    python evaluate.py runs/<run>/agent.pt --attacks all            # now includes sarl and paad
 """
 import copy
 import os
@@ -81,7 +82,7 @@ import platform
 import random
 import time
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import ClassVar, Optional, Tuple
 
 import gymnasium as gym
 import mujoco
@@ -96,20 +97,20 @@ import attacks
 import evaluate
 from spo_ppo import Agent, clipped_surrogate, hms, print_mujoco_warning
 
-ATTACK = "sarl"
 LITERATURE_TIMESTEPS = 5000000
 
 
 @dataclass
 class Args:
+    """The flags of both attacks; SarlArgs and PaadArgs below add the ones whose defaults differ."""
     victim: tyro.conf.Positional[str]
-    """path to the victim's agent.pt (written by spo_ppo.py, arpo_ppo.py or barpo_ppo.py)"""
+    """path to the victim's agent.pt (written by any of the training scripts)"""
     epsilon: Optional[float] = None
     """l_inf radius in normalised observation units (default per env: Hopper 0.075, Walker2d 0.05, HalfCheetah/Ant 0.15)"""
     env_id: Optional[str] = None
     """environment (default: the victim's; a different one is refused)"""
     output: Optional[str] = None
-    """where to write the adversary (default: <victim_dir>/sarl_eps<eps>.pt, where evaluate.py looks for it)"""
+    """where to write the adversary (default: <victim_dir>/<attack>_eps<eps>.pt, where evaluate.py looks for it)"""
     overwrite: bool = False
     """replace the file at the output path if there is one (without it an existing adversary, e.g. a committed one, is never replaced)"""
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
@@ -121,7 +122,7 @@ class Args:
     threads: int = 1
     """torch CPU threads; 1 is fastest for 64-sample minibatches"""
     run_dir: Optional[str] = None
-    """where TensorBoard logs go (default: runs/{env_id}__{exp_name}__eps{eps}__{seed}__{unix time})"""
+    """where TensorBoard logs go (default: runs/{env_id}__{exp_name}_{attack}__eps{eps}__{seed}__{unix time})"""
 
     # Algorithm specific arguments (the adversary's PPO)
     total_timesteps: int = 1000000
@@ -150,16 +151,12 @@ class Args:
     """the surrogate clipping coefficient"""
     clip_vloss: bool = True
     """toggles whether or not to use a clipped loss for the value function"""
-    ent_coef: float = 1e-2
-    """coefficient of the entropy bonus (SA-RL: without it the adversary's std shrinks before it finds a direction)"""
     vf_coef: float = 0.5
     """coefficient of the value function"""
     max_grad_norm: float = 0.5
     """the maximum norm for the gradient clipping"""
     target_kl: Optional[float] = None
     """the target KL divergence threshold (early stop of the epoch loop)"""
-    init_logstd: float = -1.0
-    """initial value of the adversary's state-independent log-std (SA-RL: -1, a narrower start than N(0, 1) noise)"""
     hidden_size: int = 64
     """width of the two tanh hidden layers of the adversary's actor and critic"""
 
@@ -180,8 +177,6 @@ class Args:
     """train one adversary per (learning rate, entropy coef) of the grid and keep the strongest"""
     grid_learning_rates: Tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     """learning rates scanned by --grid"""
-    grid_ent_coefs: Tuple[float, ...] = (1e-2,)
-    """entropy coefficients scanned by --grid"""
     grid_episodes: int = 10
     """deterministic episodes used to score each adversary of the grid (lowest victim return wins)"""
 
@@ -194,9 +189,48 @@ class Args:
     """the number of iterations (computed in runtime)"""
 
 
-def adversary_path(victim_path, eps):
-    """Where the adversary of this victim and eps lives (and where evaluate.py looks for it)."""
-    return os.path.join(os.path.dirname(os.path.abspath(victim_path)), f"{ATTACK}_eps{eps:g}.pt")
+@dataclass
+class SarlArgs(Args):
+    """SA-RL: the adversary's action a in R^obs_dim is the perturbation, s' = s + eps * hardtanh(a)."""
+    attack: ClassVar[str] = "sarl"
+    ent_coef: float = 1e-2
+    """coefficient of the entropy bonus (SA-RL: without it the adversary's std shrinks before it finds a direction)"""
+    init_logstd: float = -1.0
+    """initial value of the adversary's state-independent log-std (SA-RL: -1, a narrower start than N(0, 1) noise)"""
+    grid_ent_coefs: Tuple[float, ...] = (1e-2,)
+    """entropy coefficients scanned by --grid"""
+
+
+@dataclass
+class PaadArgs(Args):
+    """PA-AD: the director's action d in R^act_dim is a direction of the victim's action; the actor finds the s' in
+    B_eps(s) that moves the victim's mean action along it."""
+    attack: ClassVar[str] = "paad"
+    ent_coef: float = 0.0
+    """coefficient of the entropy bonus"""
+    init_logstd: float = 0.0
+    """initial value of the director's state-independent log-std"""
+    grid_ent_coefs: Tuple[float, ...] = (0.0,)
+    """entropy coefficients scanned by --grid"""
+    actor_steps: int = 10
+    """PA-AD: sign-gradient steps of the actor that turns the direction into a state perturbation"""
+    actor_step_size: Optional[float] = None
+    """PA-AD: step size of the actor (default: epsilon / actor_steps)"""
+
+
+def adversary_action_dim(args, victim_ckpt):
+    """The size of the adversary's action: the observation's (SA-RL) or the victim's action's (PA-AD)."""
+    if args.attack == "sarl":
+        return int(np.prod(victim_ckpt["obs_shape"]))  # SA-RL: a perturbation of the observation
+    return int(np.prod(victim_ckpt["action_shape"]))  # PA-AD: a direction in the victim's action space
+
+
+def perturb(victim, obs, eps, adversary_action, args):
+    """The observation the victim sees, inside B_eps(s): s + eps * hardtanh(a) for SA-RL; for PA-AD the actor's s'
+    that moves the victim's mean action along the director's direction."""
+    if args.attack == "sarl":
+        return attacks.bounded_perturbation(obs, eps, adversary_action)
+    return attacks.paad_actor(victim, obs, eps, adversary_action, steps=args.actor_steps, step_size=args.actor_step_size)
 
 
 def make_env(env_id, obs_rms, gamma):
@@ -205,17 +239,12 @@ def make_env(env_id, obs_rms, gamma):
     def thunk():
         env = evaluate.make_eval_env(env_id, obs_rms)()
         env = gym.wrappers.RecordEpisodeStatistics(env)  # the victim's raw returns under attack
-        env = gym.wrappers.TransformReward(env, lambda reward: -reward)  # SA-RL: adversary reward = -env reward
+        env = gym.wrappers.TransformReward(env, lambda reward: -reward)  # adversary reward = -env reward
         env = gym.wrappers.NormalizeReward(env, gamma=gamma)
         env = gym.wrappers.TransformReward(env, lambda reward: np.clip(reward, -10, 10))
         return env
 
     return thunk
-
-
-def perturb(victim, obs, eps, adversary_action, args):
-    """SA-RL: the observation the victim sees, s' = s + eps * hardtanh(adversary action), inside B_eps(s)."""
-    return attacks.bounded_perturbation(obs, eps, adversary_action)
 
 
 def victim_return(victim, victim_ckpt, adversary, eps, args, num_episodes, seed, sampled=False):
@@ -261,7 +290,7 @@ def train(args, victim, victim_ckpt, eps, run_dir):
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     obs_dim = int(np.prod(envs.single_observation_space.shape))
-    act_dim = obs_dim  # SA-RL: the adversary's action is a perturbation of the observation
+    act_dim = adversary_action_dim(args, victim_ckpt)  # obs_dim for SA-RL, the victim's action size for PA-AD
 
     adversary = Agent(obs_dim, act_dim, args.hidden_size, args.init_logstd)
     optimizer = optim.Adam(adversary.parameters(), lr=args.learning_rate, eps=1e-5)
@@ -303,7 +332,7 @@ def train(args, victim, victim_ckpt, eps, run_dir):
                 actions[step] = action.numpy()
                 logprobs[step] = logprob.numpy()
 
-                s_adv = perturb(victim, s, eps, action, args)  # SA-RL: the victim sees s' in B_eps(s)
+                s_adv = perturb(victim, s, eps, action, args)  # the victim sees s' in B_eps(s)
                 victim_action = victim.actor_mean(s_adv)  # deterministic victim: its mean action
                 next_obs, reward, terminations, truncations, infos = envs.step(victim_action.numpy())  # env steps on the true state
                 next_obs = next_obs.astype(np.float32)
@@ -456,7 +485,7 @@ def train(args, victim, victim_ckpt, eps, run_dir):
 def save_adversary(path, adversary, info, args, eps, victim_ckpt, victim_sha1, grid_results):
     """Self-describing adversary checkpoint, written to path.tmp and then moved into place."""
     checkpoint = {
-        "attack": ATTACK,
+        "attack": args.attack,
         "env_id": victim_ckpt["env_id"],
         "obs_dim": int(np.prod(victim_ckpt["obs_shape"])),
         "action_dim": adversary.actor_logstd.shape[1],
@@ -528,16 +557,20 @@ def main(args):
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
     if args.minibatch_size < 1:
         raise SystemExit("error: --num-minibatches is larger than the batch (num_envs * num_steps)")
-    out = args.output or adversary_path(args.victim, eps)
+    if args.attack == "paad" and args.actor_steps < 1:
+        raise SystemExit("error: --actor-steps must be positive")
+    if args.attack == "paad" and args.actor_step_size is not None and not 0 < args.actor_step_size < np.inf:
+        raise SystemExit(f"error: --actor-step-size must be a finite number > 0, got {args.actor_step_size}")
+    out = args.output or evaluate.adversary_path(args.attack, args.victim, eps)
     if evaluate.output_problem(out):
         raise SystemExit(f"error: cannot write the adversary: {evaluate.output_problem(out)}")
     if os.path.exists(out) and not args.overwrite:  # e.g. a committed adversary next to an exported agent
         raise SystemExit(f"error: {out} exists; pass --overwrite to replace it, or --output to write the new adversary elsewhere")
     torch.set_num_threads(args.threads)
     victim_sha1 = evaluate.file_sha1(args.victim)
-    run_name = f"{victim_ckpt['env_id']}__{args.exp_name}__eps{eps:g}__{args.seed}__{int(time.time())}"
+    run_name = f"{victim_ckpt['env_id']}__{args.exp_name}_{args.attack}__eps{eps:g}__{args.seed}__{int(time.time())}"
     run_dir = args.run_dir or os.path.join("runs", run_name)
-    print(f"{ATTACK}: adversary for {args.victim} ({victim_ckpt['env_id']}), eps = {eps:g}, {args.num_iterations * args.batch_size} steps")
+    print(f"{args.attack}: adversary for {args.victim} ({victim_ckpt['env_id']}), eps = {eps:g}, {args.num_iterations * args.batch_size} steps")
 
     settings = [(lr, ent) for lr in args.grid_learning_rates for ent in args.grid_ent_coefs] if args.grid else [(args.learning_rate, args.ent_coef)]
     best, grid_results = None, []
@@ -561,4 +594,4 @@ def main(args):
 
 if __name__ == "__main__":
     mujoco.set_mju_user_warning(print_mujoco_warning)
-    main(tyro.cli(Args))
+    main(tyro.extras.subcommand_cli_from_dict({"sarl": SarlArgs, "paad": PaadArgs}))
