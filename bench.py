@@ -4,7 +4,7 @@ and writes it into docs/benchmarks.md, replacing only its own marked section (th
 
     python bench.py                                   # training part only
     python bench.py --checkpoint runs/<run>/agent.pt  # + evaluation timings on a trained checkpoint
-    python bench.py --anchor ../shared/anchors/cleanrl_sps.sh   # + CleanRL's own script, run in turn with spo_ppo.py
+    python bench.py --anchor <path>/cleanrl_sps.sh   # + CleanRL's own script, run in turn with spo_ppo.py
     python bench.py --profile                         # where a training step's time goes, before/after (see profile())
 
 Training scripts run as subprocesses for --total-timesteps steps each (one torch thread, one at a time);
@@ -56,7 +56,8 @@ class Args:
     output: str = "docs/benchmarks.md"
     """where to write the markdown report"""
     anchor: Optional[str] = None
-    """CleanRL's anchor script (../shared/anchors/cleanrl_sps.sh): each repeat also runs the real CleanRL ppo_continuous_action.py
+    """a script kept outside this repository that runs CleanRL's unmodified ppo_continuous_action.py in its own venv and prints
+    `cleanrl_sps N` last (cleanrl_sps.sh): each repeat also runs the real CleanRL ppo_continuous_action.py
     (its own venv; Hopper-v4 unless CLEANRL_ENV_ID says otherwise) for --total-timesteps, right before spo_ppo.py: the paired ratio"""
     profile: bool = False
     """instead of the training table: time the parts of a training step with the current code and with --reference's, in turn"""
@@ -343,7 +344,7 @@ def profile_versions(args, code_dir, reference):
     lines = ["## Profile of a training step (`bench.py --profile`)", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
              f"one torch thread; {args.env_id}, an untrained policy; median of {args.repeats} run(s), the two versions in turn. Command: "
-             f"`python bench.py --profile --total-timesteps {args.total_timesteps} --repeats {args.repeats}`. The parts are CPU time "
+             f"`python bench.py --profile --profile-steps {args.profile_steps} --total-timesteps {args.total_timesteps} --repeats {args.repeats}`. The parts are CPU time "
              f"(`time.process_time`) in one process, {args.profile_steps} env steps each; the iteration is the scripts' own SPS (wall time "
              f"of the training loop, {args.total_timesteps} steps).", "",
              f"| part | before ({args.reference}), µs | now, µs | speed-up |", "|---|---|---|---|"]
@@ -374,7 +375,7 @@ if __name__ == "__main__":
         raise SystemExit(0)
     lines = [f"## Measured by bench.py", "", f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
              f"{os.cpu_count()} cores, torch {torch.__version__}, one torch thread, one job at a time. Command: "
-             f"`python bench.py --total-timesteps {args.total_timesteps} --repeats {args.repeats}" + (f" --anchor {args.anchor}" if args.anchor else "")
+             f"`python bench.py --total-timesteps {args.total_timesteps} --repeats {args.repeats}" + (f" --anchor <path>/{os.path.basename(args.anchor)}" if args.anchor else "")
              + (f" --checkpoint {args.checkpoint}`" if args.checkpoint else "`"), ""]
 
     print(f"training benchmark: {args.total_timesteps} steps on {args.env_id} per script", flush=True)
@@ -396,7 +397,7 @@ if __name__ == "__main__":
               f"| CleanRL-semantics loop (in bench.py) | {base:.0f} | {sps['spo_ppo.py'] / base:.2f}× | 1.00× |"]
     if anchor_runs:
         cleanrl = float(np.median(anchor_runs))
-        lines.append(f"| CleanRL's own script (`{args.anchor}`, {os.environ.get('CLEANRL_ENV_ID', 'Hopper-v4')}) | {cleanrl:.0f} | "
+        lines.append(f"| CleanRL's own script (`{os.path.basename(args.anchor)}`, {os.environ.get('CLEANRL_ENV_ID', 'Hopper-v4')}) | {cleanrl:.0f} | "
                      f"{sps['spo_ppo.py'] / cleanrl:.2f}× | {cleanrl / base:.2f}× |")
     lines += [f"| `{s}` | {v:.0f} | {sps['spo_ppo.py'] / v:.2f}× | {v / base:.2f}× |" for s, v in sps.items()]
     if anchor_runs:
