@@ -20,7 +20,8 @@ Algorithms (the paper's four configurations, PPO and the robust baselines):
     arpo_k1   arpo_ppo.py --kappa 1           barpo_k0  barpo_ppo.py --kappa 0 ("w/o guidance")
     barpo_k1  barpo_ppo.py --kappa 1 (BARPO)   barpo_k0.25, barpo_k0.5, barpo_k2: the kappa study
     sappo     sappo_ppo.py (SGLD)             sappo_convex  sappo_ppo.py --method convex (IBP)
-    sappo_authors, sappo_convex_authors: the same with the authors' PPO (AUTHORS_PPO); group `calibration` = all four
+    sappo_authors, sappo_convex_authors: the same with the authors' PPO (AUTHORS_PPO); group `calibration` = these four and the next
+    sappo_mixed_authors: convex with the authors' bounds (CROWN-IBP mixed into IBP early in the ramp) and PPO
     barpo_k1_authors, barpo_k10_authors: BARPO (kappa 1, 10) with the authors' PPO; group `calibrated` = these + sappo_authors
     wocar     wocar_ppo.py (WocaR-PPO, the authors' per-env settings)
     radial    radial_ppo.py (RADIAL-PPO)
@@ -62,6 +63,7 @@ ALGOS = {
     # the learning rate, the critic fitted first with its own steps, no gradient clipping), see docs/design.md §7
     "sappo_authors": ("sappo_ppo.py", ["--method", "sgld", *AUTHORS_PPO]),
     "sappo_convex_authors": ("sappo_ppo.py", ["--method", "convex", *AUTHORS_PPO]),
+    "sappo_mixed_authors": ("sappo_ppo.py", ["--method", "convex", "--convex-bound", "mixed", *AUTHORS_PPO]),
     # BARPO on that calibrated base; kappa 10 is the CAR authors' weighting (adversarial 1, clean 0.1) in our units
     "barpo_k1_authors": ("barpo_ppo.py", ["--kappa", "1", *AUTHORS_PPO]),
     "barpo_k10_authors": ("barpo_ppo.py", ["--kappa", "10", *AUTHORS_PPO]),
@@ -98,6 +100,7 @@ ALGO_ENV_FLAGS = {
     },
 }
 ALGO_ENV_FLAGS["sappo_authors"], ALGO_ENV_FLAGS["sappo_convex_authors"] = ALGO_ENV_FLAGS["sappo"], ALGO_ENV_FLAGS["sappo_convex"]
+ALGO_ENV_FLAGS["sappo_mixed_authors"] = ALGO_ENV_FLAGS["sappo_convex"]
 PRESET_STEPS = {
     "paper": {"Ant": 10_000_000, "default": 2_000_000},
     "quick": {"Ant": 2_000_000, "default": 500_000},
@@ -115,7 +118,7 @@ BASELINES = ["sappo", "sappo_convex", "radial", "wocar"]
 # names that stand for several algorithms in --algos
 ALGO_GROUPS = {"comparison": ["spo", "sappo", "radial", "wocar", "arpo", "arpo_k1", "barpo_k0", "barpo_k1"],
                "kappa": ["barpo_k0", "barpo_k0.25", "barpo_k0.5", "barpo_k1", "barpo_k2"],
-               "calibration": ["sappo", "sappo_convex", "sappo_authors", "sappo_convex_authors"],
+               "calibration": ["sappo", "sappo_convex", "sappo_authors", "sappo_convex_authors", "sappo_mixed_authors"],
                "calibrated": ["sappo_authors", "barpo_k1_authors", "barpo_k10_authors"]}
 KAPPA_STUDY = {"barpo_k0": 0.0, "barpo_k0.25": 0.25, "barpo_k0.5": 0.5, "barpo_k1": 1.0, "barpo_k2": 2.0}
 # minutes of training per quick-preset run (Hopper-v5, 500k steps) on one core of the 2-core machine with the other
@@ -133,9 +136,9 @@ class Run:
     """Run (or emit) the sweep."""
 
     algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
-    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex, sappo_authors, sappo_convex_authors, wocar,
+    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex, sappo_authors, sappo_convex_authors, sappo_mixed_authors, wocar,
     radial, barpo_k0.25, barpo_k0.5, barpo_k2), or a group: comparison (the paper's table: spo sappo radial wocar arpo arpo_k1
-    barpo_k0 barpo_k1), kappa (BARPO at kappa 0, 0.25, 0.5, 1, 2), calibration (SA-PPO: SGLD / convex x CleanRL's / the authors' PPO), calibrated (SA-PPO and BARPO kappa 1, 10 with the authors' PPO)"""
+    barpo_k0 barpo_k1), kappa (BARPO at kappa 0, 0.25, 0.5, 1, 2), calibration (SA-PPO: SGLD / convex x CleanRL's / the authors' PPO, and convex with the authors' CROWN-IBP mix), calibrated (SA-PPO and BARPO kappa 1, 10 with the authors' PPO)"""
     envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
     """environment ids"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])

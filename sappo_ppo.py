@@ -9,7 +9,8 @@ Observations", NeurIPS 2020): the agent acts on the true state, and its policy l
 With a state-independent σ, R = 2·max KL(π(·|s) ‖ π(·|ŝ)): κ is in the authors' units (their code's Σ(Δμ/σ)²).
 The max is estimated by --method:
     sgld    from below: ŝ = K steps of KL-SGLD, held fixed;  R = Σ_j ((μ(ŝ) − sg[μ(s)]) / σ_j)²
-    convex  from above: [l, u] = interval bounds of μ over B_ε(s);  R = Σ_j max(|u − μ(s)|, |l − μ(s)|)_j² / σ_j²
+    convex  from above: [l, u] = bounds of μ over B_ε(s);  R = Σ_j max(|u − μ(s)|, |l − μ(s)|)_j² / σ_j²
+            (--convex-bound ibp: interval bounds; mixed: β_t·IBP + (1 − β_t)·CROWN-IBP, β_t = ε_t / ε, the authors')
             (the gradient flows through the bounds and through μ(s))
 
 Pseudocode, one iteration (clean rollouts and critic as in SPO):
@@ -20,11 +21,12 @@ Pseudocode, one iteration (clean rollouts and critic as in SPO):
         sgld:   ŝ = attacks.mad(s; θ, ε_t): start s + η·sign(ξ), then K steps ŝ ← clip_{B_ε_t(s)}(ŝ + η·sign(g + noise)),
                 η = ε_t/K, g = ∇_ŝ Σ_j ((μ(ŝ) − μ(s))/σ)_j²; the last iterate, detached              # SA-PPO
         convex: [l, u] = attacks.interval_bounds(μ_θ, s, ε_t)                                       # SA-PPO
+                mixed: β_t·[l, u] + (1 − β_t)·attacks.crown_ibp_bounds(μ_θ, s, ε_t), β_t = ε_t / ε          # SA-PPO
         L = L_clip(s) + κ · mean_i R_ε_t(s_i) − ent_coef·H + vf_coef·L_V                       # SA-PPO: policy only
         L_clip(x) = mean_i max(-r_i(x)Â_i, -clip(r_i(x), 1±clip_coef)Â_i),  r_i(x) = π_θ(a_i|x)/π_old(a_i|s_i)
         one Adam step on L
 
-Flags that matter: --epsilon, --kappa (0: exactly spo_ppo.py's run), --method, --eps-warmup, --detach-std.
+Flags that matter: --epsilon, --kappa (0: exactly spo_ppo.py's run), --method, --convex-bound, --eps-warmup, --detach-std.
 Defaults per env, the authors' robust_ppo_eps / robust_ppo_reg (ε ramp over 75% of the updates everywhere:
 732 of 976 iterations, Ant 3662 of 4882):
     env            ε       κ sgld   κ convex
@@ -44,9 +46,11 @@ released: 0.003 is our choice (the convex Ant κ, and the SGLD weight of WocaR's
     * SGLD: attacks.mad is get_state_kl_bound_sgld (start, step ε_t/K, noise √(2ηβ)/(t+2), last iterate, no
       re-clip to ±10). The authors add the noise to the gradient of the minibatch *mean* of Σ_j(Δμ/σ)², attacks.mad
       to that of the sum, |B| times larger; we pass β·|B|², so --inner-beta is the authors' β = 1e-5 with their steps.
-    * convex: pure IBP, not the authors' β_t·IBP + (1 − β_t)·CROWN-IBP with β_t rising 0 → 1 on ε's ramp (CROWN-IBP
-      early, pure IBP for the last 25%). Pure IBP is the cheap setting their README offers
-      (--robust-ppo-beta-scheduler-opts "start=0,length=1"), with a warning that it may need more training.
+    * convex: by default pure IBP, the cheap setting the authors' README offers (--robust-ppo-beta-scheduler-opts
+      "start=0,length=1"), with a warning that it may need more training. --convex-bound mixed is their default:
+      β_t·IBP + (1 − β_t)·CROWN-IBP with β_t rising 0 → 1 on ε's ramp (CROWN-IBP early, pure IBP for the last 25%).
+      Our CROWN-IBP (attacks.crown_ibp_bounds) draws tanh's lines as auto_LiRPA does, but finds the tangent points
+      by bisection rather than in a precomputed table: bounds can differ from auto_LiRPA's in the last digits.
     * Quirks kept: σ is not detached in R, so the regulariser also pushes log σ up (--detach-std detaches it);
       the SGLD variant detaches μ(s), the convex one does not (as in their code).
 The PPO around the regulariser is spo_ppo.py's, not the authors' (theirs: a separate value optimiser stepped first,
@@ -150,6 +154,8 @@ class Args:
     """weight of the regulariser, in units of sum_j (dmu_j / sigma_j)^2 = 2 KL (default: the authors' per env and --method)"""
     method: str = "sgld"
     """sgld (the max over the ball from below, by KL-SGLD) or convex (from above, by interval bound propagation)"""
+    convex_bound: str = "ibp"
+    """convex's bounds: ibp (pure IBP throughout) or mixed (the authors': beta_t IBP + (1 - beta_t) CROWN-IBP, beta_t on epsilon's ramp)"""
     inner_steps: int = 10
     """steps K of the SGLD solver (step size: current epsilon / K)"""
     inner_beta: float = 1e-5
@@ -266,10 +272,11 @@ def clipped_surrogate(newlogprob, oldlogprob, advantages, clip_coef):
 
 
 # SA-PPO: the regulariser R_eps(s) = max_{s' in B_eps(s)} sum_j ((mu(s') - mu(s)) / sigma)_j^2, estimated by SGLD or bounded by IBP
-def sa_regulariser(agent, obs, eps, method="sgld", steps=10, beta=1e-5, detach_std=False, generator=None):
+def sa_regulariser(agent, obs, eps, method="sgld", steps=10, beta=1e-5, detach_std=False, generator=None, ibp_weight=1.0):
     """Per-sample R_eps(s) as the authors' code computes it, differentiable in the actor (and in sigma unless detach_std).
     sgld: s' = attacks.mad(s) (detached), R = sum_j ((mu(s') - sg[mu(s)]) / sigma)_j^2, a lower bound of the max.
-    convex: [l, u] = IBP bounds of mu over the ball, R = sum_j max(|u - mu(s)|, |l - mu(s)|)_j^2 / sigma_j^2, an upper bound.
+    convex: [l, u] = bounds of mu over the ball, R = sum_j max(|u - mu(s)|, |l - mu(s)|)_j^2 / sigma_j^2, an upper bound;
+    the bounds are ibp_weight * IBP + (1 - ibp_weight) * CROWN-IBP (the authors' mix; 1: pure IBP).
     beta is the authors': their noise is relative to the gradient of the minibatch mean, attacks.mad's to that of the sum."""
     sigma = agent.actor_logstd.detach().exp() if detach_std else agent.actor_logstd.exp()
     if method == "sgld":
@@ -279,6 +286,10 @@ def sa_regulariser(agent, obs, eps, method="sgld", steps=10, beta=1e-5, detach_s
         return (((agent.actor_mean(obs_adv) - mu_clean) / sigma) ** 2).sum(1)
     mu = agent.actor_mean(obs)
     lower, upper = attacks.interval_bounds(agent.actor_mean, obs, eps)
+    if ibp_weight < 1:
+        crown_lower, crown_upper = attacks.crown_ibp_bounds(agent.actor_mean, obs, eps)
+        lower = ibp_weight * lower + (1 - ibp_weight) * crown_lower
+        upper = ibp_weight * upper + (1 - ibp_weight) * crown_upper
     return ((torch.max((upper - mu).abs(), (lower - mu).abs()) / sigma) ** 2).sum(1)
 
 
@@ -402,6 +413,8 @@ if __name__ == "__main__":
     # SA-PPO: validate the regulariser's flags; epsilon and kappa default per env (kappa also per --method)
     if args.method not in DEFAULT_KAPPA:
         raise SystemExit(f"error: --method must be sgld or convex, got {args.method!r}")
+    if args.convex_bound not in ("ibp", "mixed"):
+        raise SystemExit(f"error: --convex-bound must be ibp or mixed, got {args.convex_bound!r}")
     family = next((prefix for prefix in DEFAULT_EPSILON if args.env_id.startswith(prefix)), None)
     if family is None and (args.epsilon is None or args.kappa is None):
         raise SystemExit(f"error: no default --epsilon / --kappa for {args.env_id}; pass both")
@@ -596,8 +609,11 @@ if __name__ == "__main__":
 
                 # SA-PPO: the authors' epsilon ramp, linear in the number of minibatches over the first eps_warmup of the updates
                 progress = iteration - 1 + (epoch * args.num_minibatches + start // args.minibatch_size) / (args.update_epochs * args.num_minibatches)
-                eps_t = args.epsilon * (min(1.0, progress / (args.eps_warmup * args.num_iterations)) if args.eps_warmup > 0 else 1.0)
-                sa_reg = sa_regulariser(agent, mb_obs, eps_t, args.method, args.inner_steps, args.inner_beta, args.detach_std, adversary_rng).mean()
+                ramp = min(1.0, progress / (args.eps_warmup * args.num_iterations)) if args.eps_warmup > 0 else 1.0
+                eps_t = args.epsilon * ramp
+                ibp_weight = ramp if args.convex_bound == "mixed" else 1.0  # SA-PPO: the authors' beta_t, on epsilon's ramp
+                sa_reg = sa_regulariser(agent, mb_obs, eps_t, args.method, args.inner_steps, args.inner_beta, args.detach_std, adversary_rng,
+                                        ibp_weight).mean()
 
                 # Policy loss
                 # SA-PPO: the PPO clipped loss + kappa * the regulariser (the critic's loss is SPO's)
