@@ -36,7 +36,7 @@ import tyro
 
 from torch.distributions.normal import Normal
 
-from benchmark import write_section
+from report import write_section
 from spo_ppo import Agent, print_mujoco_warning
 
 REPO = os.path.dirname(os.path.abspath(__file__))
