@@ -1,7 +1,7 @@
 """Reporting on a sweep's evaluated runs: interquartile means with 95 % stratified-bootstrap confidence intervals,
 probability of improvement and performance profiles (rliable), the paper's claims decided by those intervals, the κ
 study, and the figures, written into docs/results.md between marker comments (write_section, which eps_curve.py and
-bench.py use for their own sections).
+throughput.py use for their own sections).
 
     python report.py aggregate --root results/quick           # docs/results.md + docs/figures/*.png
     python report.py aggregate --root results/paper --title "Paper preset (2M steps), results/paper"
