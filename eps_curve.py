@@ -33,7 +33,8 @@ from typing import List, Optional
 import numpy as np
 import tyro
 
-from benchmark import ALGOS, agent_problem, read_eval, write_section
+from benchmark import ALGOS, agent_problem, read_eval
+from report import write_section
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 GRADIENT = ["random", "critic", "mad", "rs"]

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -37,6 +38,22 @@ def read_scalars(run_dir):
     acc = EventAccumulator(run_dir)
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def write_eval(root, env_id, algo, seed, natural, attacks, agent=True):
+    """An evaluated run as the sweep exports it: <root>/<env_id>/<algo>/s<seed>/eval.json with these mean returns
+    ({attack: mean}) and, unless agent=False, a stub agent.pt; returns the run's directory."""
+    import torch
+
+    d = root / env_id / algo / f"s{seed}"
+    d.mkdir(parents=True)
+    results = {"natural": {"mean": natural}, **{k: {"mean": v} for k, v in attacks.items()}}
+    worst = min((v["mean"] for k, v in results.items() if k != "natural"), default=None)  # evaluate.py: None without attacks
+    (d / "eval.json").write_text(json.dumps({"epsilon": 0.075, "results": results, "worst_case": worst,
+                                             "robustness": None if worst is None else (worst - natural) / natural}))
+    if agent:  # aggregate counts a run only if its agent could be evaluated again
+        torch.save({"env_id": env_id, "agent": {}, "obs_rms": {}}, d / "agent.pt")
+    return d
 
 
 @pytest.fixture(autouse=True)

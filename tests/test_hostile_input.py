@@ -200,7 +200,7 @@ def test_aggregate_pools_only_runs_of_one_protocol_and_names_the_others(tmp_path
     short = write_eval(root, "spo", 5, 1e6, num_episodes=5)
     unmarked = write_eval(root, "spo", 6, 1e6, epsilon=None)  # an eval.json without its ε
     out = tmp_path / "r.md"
-    proc = run_script("benchmark.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig",
+    proc = run_script("report.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig",
                       "--bootstrap-reps", "100")
     text = out.read_text()
     assert "### Hopper-v5 (ε = 0.075)" in text and "1000000000" not in text

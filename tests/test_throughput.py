@@ -146,21 +146,21 @@ def test_fast_normalisers_equal_gymnasiums_step_by_step(env_id, steps):
     assert ends >= 2
 
 
-def test_bench_profile_times_every_part_of_both_versions():
-    """`bench.py --profile` loads the reference code from git and times each part of a step for it and for the current code."""
+def test_throughput_profile_times_every_part_of_both_versions():
+    """`throughput.py --profile` loads the reference code from git and times each part of a step for it and for the current code."""
     import shutil
 
-    import bench
+    import throughput
     import spo_ppo
 
     try:
-        code_dir, reference = bench.reference_code(REFERENCE)
+        code_dir, reference = throughput.reference_code(REFERENCE)
     except SystemExit as e:
         pytest.skip(str(e))
     try:
         assert sorted(os.listdir(code_dir)) == sorted(SCRIPTS + ["attacks.py"])
         for code, before in ((reference, True), (spo_ppo, False)):
-            parts = bench.profile_parts(code, "Hopper-v5", 64, before)
+            parts = throughput.profile_parts(code, "Hopper-v5", 64, before)
             assert len(parts) == 10 and all(np.isfinite(v) and v > 0 for v in parts.values()), parts
     finally:
         shutil.rmtree(code_dir)

@@ -1,11 +1,12 @@
 """Throughput benchmark: training SPS of the training scripts, a plain CleanRL-semantics loop for comparison,
 and the evaluation time of each attack. Run it on an otherwise idle machine; it prints a markdown report
 and writes it into docs/benchmarks.md, replacing only its own marked section (the prose around it stays).
+It measures speed only: the sweep that trains and evaluates runs is benchmark.py, their statistics report.py.
 
-    python bench.py                                   # training part only
-    python bench.py --checkpoint runs/<run>/agent.pt  # + evaluation timings on a trained checkpoint
-    python bench.py --anchor <path>/cleanrl_sps.sh   # + CleanRL's own script, run in turn with spo_ppo.py
-    python bench.py --profile                         # where a training step's time goes, before/after (see profile())
+    python throughput.py                                   # training part only
+    python throughput.py --checkpoint runs/<run>/agent.pt  # + evaluation timings on a trained checkpoint
+    python throughput.py --anchor <path>/cleanrl_sps.sh    # + CleanRL's own script, run in turn with spo_ppo.py
+    python throughput.py --profile                         # where a training step's time goes, before/after (see profile())
 
 Training scripts run as subprocesses for --total-timesteps steps each (one torch thread, one at a time);
 their SPS is the one they print (global steps / time in the training loop, imports excluded). The
@@ -36,7 +37,7 @@ import tyro
 
 from torch.distributions.normal import Normal
 
-from benchmark import write_section
+from report import write_section
 from spo_ppo import Agent, print_mujoco_warning
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -341,10 +342,10 @@ def profile_versions(args, code_dir, reference):
                 print(f"  {name} {script:16s} {sps[name, script][-1]:7.0f} SPS", flush=True)
     median = {v: {k: float(np.median([p[k] for p in parts[v]])) for k in parts[v][0]} for v in versions}
     ref, cur = median[args.reference], median["current"]
-    lines = ["## Profile of a training step (`bench.py --profile`)", "",
+    lines = ["## Profile of a training step (`throughput.py --profile`)", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
              f"one torch thread; {args.env_id}, an untrained policy; median of {args.repeats} run(s), the two versions in turn. Command: "
-             f"`python bench.py --profile --profile-steps {args.profile_steps} --total-timesteps {args.total_timesteps} --repeats {args.repeats}`. The parts are CPU time "
+             f"`python throughput.py --profile --profile-steps {args.profile_steps} --total-timesteps {args.total_timesteps} --repeats {args.repeats}`. The parts are CPU time "
              f"(`time.process_time`) in one process, {args.profile_steps} env steps each; the iteration is the scripts' own SPS (wall time "
              f"of the training loop, {args.total_timesteps} steps).", "",
              f"| part | before ({args.reference}), µs | now, µs | speed-up |", "|---|---|---|---|"]
@@ -370,12 +371,12 @@ if __name__ == "__main__":
         print(f"profile: {args.env_id}, the current code and {args.reference}'s, in turn", flush=True)
         report = profile(args)
         print("\n" + report)
-        write_section(args.output, "bench.py --profile", report, new_file_head="# Benchmarks\n")
+        write_section(args.output, "throughput.py --profile", report, new_file_head="# Benchmarks\n")
         print(f"wrote {args.output}")
         raise SystemExit(0)
-    lines = [f"## Measured by bench.py", "", f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
+    lines = [f"## Measured by throughput.py", "", f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
              f"{os.cpu_count()} cores, torch {torch.__version__}, one torch thread, one job at a time. Command: "
-             f"`python bench.py --total-timesteps {args.total_timesteps} --repeats {args.repeats}" + (f" --anchor <path>/{os.path.basename(args.anchor)}" if args.anchor else "")
+             f"`python throughput.py --total-timesteps {args.total_timesteps} --repeats {args.repeats}" + (f" --anchor <path>/{os.path.basename(args.anchor)}" if args.anchor else "")
              + (f" --checkpoint {args.checkpoint}`" if args.checkpoint else "`"), ""]
 
     print(f"training benchmark: {args.total_timesteps} steps on {args.env_id} per script", flush=True)
@@ -394,7 +395,7 @@ if __name__ == "__main__":
     sps = {s: float(np.median(v)) for s, v in runs.items()}
     lines += [f"### Training ({args.env_id}, {args.total_timesteps} steps each, median of {args.repeats} run(s))", "",
               "| script | SPS | wall time vs spo_ppo.py | speed vs CleanRL-semantics loop |", "|---|---|---|---|",
-              f"| CleanRL-semantics loop (in bench.py) | {base:.0f} | {sps['spo_ppo.py'] / base:.2f}× | 1.00× |"]
+              f"| CleanRL-semantics loop (in throughput.py) | {base:.0f} | {sps['spo_ppo.py'] / base:.2f}× | 1.00× |"]
     if anchor_runs:
         cleanrl = float(np.median(anchor_runs))
         lines.append(f"| CleanRL's own script (`{os.path.basename(args.anchor)}`, {os.environ.get('CLEANRL_ENV_ID', 'Hopper-v4')}) | {cleanrl:.0f} | "
@@ -439,5 +440,5 @@ if __name__ == "__main__":
             print(f"  {k:24s} {v:6.1f} s", flush=True)
     report = "\n".join(lines) + "\n"
     print("\n" + report)
-    write_section(args.output, "bench.py", report, new_file_head="# Benchmarks\n")  # only the measured section: the prose around it stays
+    write_section(args.output, "throughput.py", report, new_file_head="# Benchmarks\n")  # only the measured section: the prose around it stays
     print(f"wrote {args.output}")
