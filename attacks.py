@@ -1,6 +1,6 @@
 """State perturbations in an l_inf ball, for evaluation attacks and for the robust training inner loops.
 
-Every function takes a batch of *normalised* observations `obs` of shape (B, obs_dim) (the tensor the
+Every perturbation takes a batch of *normalised* observations `obs` of shape (B, obs_dim) (the tensor the
 policy consumes) and a radius `eps` in those units, and returns a detached tensor of the same shape and
 dtype with every entry inside [obs - eps, obs + eps]. With eps = 0 the output equals the input exactly.
 Defaults follow the literature (SA-PPO, ATLA, PA-AD): 10 steps of size eps/10. The policy/critic
@@ -9,19 +9,27 @@ arguments are the `Agent` of the training scripts: `agent.actor_mean(x)`, `agent
 Randomness comes from `generator` (a torch.Generator) where given, else from torch's global generator: the
 training scripts give their inner adversaries a generator of their own, so that the adversary's draws do
 not shift the rollout's action sampling (at eps = 0 a robust script then repeats spo_ppo.py's run exactly).
+
 Arguments with a default are keyword-only, and a misspelled keyword is a TypeError (no catch-all **kwargs).
 
-    random  uniform noise in the ball                                        (the weakest baseline)
-    critic  PGD that minimises the victim's own value estimate V(s')
-    mad     KL-SGLD: maximise KL(pi(.|s) || pi(.|s')) -- the MAD attack and BARPO's inner adversary
-    q_pgd   PGD that minimises Q(s, mu(s')) for a learned Q (the attack step of Robust Sarsa)
-    pgd     the projected sign-gradient solver behind critic and q_pgd (and ARPO's inner adversary)
-    mlp_input_grad   grad_x of a function of a tanh MLP's output (actor or critic), fast (tanh_mlp_layers: its layers)
-    gaussian_ppo_loss_grad  the gradient of the PPO clipped loss w.r.t. the policy mean (ARPO's inner loss, fast path)
-    bounded_perturbation  s + eps * hardtanh(a) for a learned adversary's action a (SA-RL, learned_attack.py sarl)
-    paad_actor  PGD pushing the victim's mean action along a direction d (PA-AD's actor, learned_attack.py paad)
-    interval_bounds  IBP: elementwise bounds of a Linear/Tanh MLP's output over the ball (SA-PPO's convex
-                     variant, RADIAL-PPO, WocaR-PPO)
+Attacks (evaluation-time perturbations, evaluate.py):
+    random                  uniform noise in the ball (the weakest baseline)
+    critic                  PGD minimising the victim's own value estimate V(s')
+    mad                     KL-SGLD ascent on KL(pi(.|s) || pi(.|s')): MAD; the inner solver of SA-PPO, BARPO, WocaR
+    q_pgd                   PGD minimising Q(s, mu(s')) for a learned Q (the attack step of Robust Sarsa)
+Inner-solver pieces (training scripts):
+    pgd                     projected sign-gradient solver (random start) behind critic, q_pgd, ARPO's inner adversary
+    mlp_input_grad          grad_x of a function of a Linear/Tanh MLP's output, backpropagated by hand (fast)
+    tanh_mlp_layers         a Linear/Tanh MLP's layers, read once for mlp_input_grad
+    gaussian_ppo_loss_grad  gradient of the PPO clipped loss w.r.t. the policy mean (ARPO's inner loss, fast path)
+Learned-attack projections (learned_attack.py):
+    bounded_perturbation    s + eps * hardtanh(a) for a learned adversary's action a (SA-RL)
+    paad_actor              sign-gradient steps pushing the victim's mean action along a direction d (PA-AD's actor)
+Bounds and utilities:
+    interval_bounds         IBP bounds of a Linear/Tanh MLP's output over the ball (SA-PPO convex, RADIAL-PPO, WocaR-PPO)
+    kl_divergence           per-sample KL(pi(.|s) || pi(.|s')) of the Gaussian policy
+    project                 clamp into the ball
+    DEFAULT_EPSILON         the literature's radius per environment family
 """
 import torch
 
