@@ -97,7 +97,7 @@ def mlp_input_grad(net, x, head_grad, *, layers=None):
         return g
 
 
-def pgd(obs, eps, objective=None, *, steps=10, step_size=None, maximise=False, net=None, head_grad=None, generator=None):
+def pgd(obs, eps, *, objective=None, steps=10, step_size=None, maximise=False, net=None, head_grad=None, generator=None):
     """Projected sign-gradient descent (ascent if maximise) from a uniform random start in the ball: the
     solver behind critic, q_pgd and ARPO's inner adversary. The gradient is that of objective(x) -> scalar
     (autograd), or, if net and head_grad are given, that of a function h(net(x)) with dh/dy = head_grad(y)
@@ -185,7 +185,8 @@ def q_pgd(agent, obs, eps, q_net, *, steps=10, step_size=None, generator=None):
     q_net(obs, action) -> (B, 1) is the victim's learned action-value; the state argument stays clean,
     only the policy's input is perturbed."""
     obs = obs.detach()
-    return pgd(obs, eps, lambda x: q_net(obs, agent.actor_mean(x)).sum(), steps=steps, step_size=step_size, generator=generator)
+    return pgd(obs, eps, objective=lambda x: q_net(obs, agent.actor_mean(x)).sum(), steps=steps, step_size=step_size,
+               generator=generator)
 
 
 def kl_divergence(agent, obs, obs_adv):
