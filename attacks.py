@@ -102,6 +102,8 @@ def pgd(obs, eps, *, objective=None, steps=10, step_size=None, maximise=False, n
     solver behind critic, q_pgd and ARPO's inner adversary. The gradient is that of objective(x) -> scalar
     (autograd), or, if net and head_grad are given, that of a function h(net(x)) with dh/dy = head_grad(y)
     (fast, see mlp_input_grad)."""
+    if (objective is None) == (net is None) or (net is None) != (head_grad is None):  # neither, both, or net alone
+        raise TypeError("pgd takes either objective= or both net= and head_grad=")
     _check(obs, eps, steps)
     eta = eps / steps if step_size is None else step_size
     direction = 1.0 if maximise else -1.0

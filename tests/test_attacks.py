@@ -120,6 +120,15 @@ def test_a_generator_makes_the_draws_reproducible_whatever_the_global_seed(name)
     assert torch.equal(call(), first)
 
 
+def test_pgd_needs_exactly_one_gradient_source():
+    agent, q, obs = random_setting(0)
+    value = lambda x: agent.get_value(x).sum()
+    for wrong in ({}, {"net": agent.critic}, {"head_grad": torch.ones_like}, {"objective": value, "net": agent.critic},
+                  {"objective": value, "net": agent.critic, "head_grad": torch.ones_like}):
+        with pytest.raises(TypeError, match="objective"):
+            attacks.pgd(obs, 0.1, **wrong)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_mad_raises_kl_and_critic_lowers_value_more_than_random(seed):
     agent, q, obs = random_setting(seed)
