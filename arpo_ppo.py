@@ -243,7 +243,7 @@ def arpo_inner(agent, obs, actions, oldlogprob, advantages, eps, steps, step_siz
         return clipped_surrogate(agent.get_policy(x).log_prob(actions).sum(1), oldlogprob, advantages, clip_coef).sum()
 
     if autograd:
-        return attacks.pgd(obs, eps, ppo_loss, steps, step_size, maximise=True, generator=generator)
+        return attacks.pgd(obs, eps, objective=ppo_loss, steps=steps, step_size=step_size, maximise=True, generator=generator)
     # the same gradient, derived by hand for this Gaussian policy and backpropagated through the MLP by hand: ~3x faster
     head_grad = attacks.gaussian_ppo_loss_grad(agent, actions, oldlogprob, advantages, clip_coef)
     if verify:  # the hand-derived gradient must still be ppo_loss's: a changed loss or network stops the run here

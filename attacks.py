@@ -1,6 +1,6 @@
 """State perturbations in an l_inf ball, for evaluation attacks and for the robust training inner loops.
 
-Every function takes a batch of *normalised* observations `obs` of shape (B, obs_dim) (the tensor the
+Every perturbation takes a batch of *normalised* observations `obs` of shape (B, obs_dim) (the tensor the
 policy consumes) and a radius `eps` in those units, and returns a detached tensor of the same shape and
 dtype with every entry inside [obs - eps, obs + eps]. With eps = 0 the output equals the input exactly.
 Defaults follow the literature (SA-PPO, ATLA, PA-AD): 10 steps of size eps/10. The policy/critic
@@ -10,18 +10,27 @@ Randomness comes from `generator` (a torch.Generator) where given, else from tor
 training scripts give their inner adversaries a generator of their own, so that the adversary's draws do
 not shift the rollout's action sampling (at eps = 0 a robust script then repeats spo_ppo.py's run exactly).
 
-    random  uniform noise in the ball                                        (the weakest baseline)
-    critic  PGD that minimises the victim's own value estimate V(s')
-    mad     KL-SGLD: maximise KL(pi(.|s) || pi(.|s')) -- the MAD attack and BARPO's inner adversary
-    q_pgd   PGD that minimises Q(s, mu(s')) for a learned Q (the attack step of Robust Sarsa)
-    pgd     the projected sign-gradient solver behind critic and q_pgd (and ARPO's inner adversary)
-    mlp_input_grad   grad_x of a function of a tanh MLP's output (actor or critic), fast (tanh_mlp_layers: its layers)
-    gaussian_ppo_loss_grad  the gradient of the PPO clipped loss w.r.t. the policy mean (ARPO's inner loss, fast path)
-    bounded_perturbation  s + eps * hardtanh(a) for a learned adversary's action a (SA-RL, learned_attack.py sarl)
-    paad_actor  PGD pushing the victim's mean action along a direction d (PA-AD's actor, learned_attack.py paad)
-    interval_bounds  IBP: elementwise bounds of a Linear/Tanh MLP's output over the ball (SA-PPO's convex
-                     variant, RADIAL-PPO, WocaR-PPO)
-    crown_ibp_bounds  CROWN-IBP: tighter bounds of the same (SA-PPO's convex variant early in its epsilon ramp)
+Arguments with a default are keyword-only, and a misspelled keyword is a TypeError (no catch-all **kwargs).
+
+Attacks (evaluation-time perturbations, evaluate.py):
+    random                  uniform noise in the ball (the weakest baseline)
+    critic                  PGD minimising the victim's own value estimate V(s')
+    mad                     KL-SGLD ascent on KL(pi(.|s) || pi(.|s')): MAD; the inner solver of SA-PPO, BARPO, WocaR
+    q_pgd                   PGD minimising Q(s, mu(s')) for a learned Q (the attack step of Robust Sarsa)
+Inner-solver pieces (training scripts):
+    pgd                     projected sign-gradient solver (random start) behind critic, q_pgd, ARPO's inner adversary
+    mlp_input_grad          grad_x of a function of a Linear/Tanh MLP's output, backpropagated by hand (fast)
+    tanh_mlp_layers         a Linear/Tanh MLP's layers, read once for mlp_input_grad
+    gaussian_ppo_loss_grad  gradient of the PPO clipped loss w.r.t. the policy mean (ARPO's inner loss, fast path)
+Learned-attack projections (learned_attack.py):
+    bounded_perturbation    s + eps * hardtanh(a) for a learned adversary's action a (SA-RL)
+    paad_actor              sign-gradient steps pushing the victim's mean action along a direction d (PA-AD's actor)
+Bounds and utilities:
+    interval_bounds         IBP bounds of a Linear/Tanh MLP's output over the ball (SA-PPO convex, RADIAL-PPO, WocaR-PPO)
+    crown_ibp_bounds        CROWN-IBP bounds of the same, usually tighter (SA-PPO convex early in its ε ramp, --convex-bound mixed)
+    kl_divergence           per-sample KL(pi(.|s) || pi(.|s')) of the Gaussian policy
+    project                 clamp into the ball
+    DEFAULT_EPSILON         the literature's radius per environment family
 """
 import torch
 
@@ -48,8 +57,8 @@ def _uniform(obs, generator=None):
     return 2 * torch.rand(obs.shape, generator=generator, dtype=obs.dtype) - 1
 
 
-def random(agent, obs, eps, generator=None, **_):
-    """Uniform noise in [-eps, eps]^d (the agent is unused; the signature matches the other attacks)."""
+def random(agent, obs, eps, *, generator=None):
+    """Uniform noise in [-eps, eps]^d (the agent is unused; the positional arguments match the other attacks')."""
     _check(obs, eps, 1)
     return project(obs + eps * _uniform(obs, generator), obs, eps).detach()
 
@@ -64,7 +73,7 @@ def tanh_mlp_layers(net):
     return [(m.weight, m.weight.t(), m.bias) if isinstance(m, torch.nn.Linear) else None for m in layers]
 
 
-def mlp_input_grad(net, x, head_grad, layers=None):
+def mlp_input_grad(net, x, head_grad, *, layers=None):
     """grad_x of a function h(y) of a network's output y = net(x), given head_grad(y) = dh/dy.
 
     The inner loops of ARPO and BARPO take this gradient 10 times per minibatch, and for 64-sample batches
@@ -89,11 +98,13 @@ def mlp_input_grad(net, x, head_grad, layers=None):
         return g
 
 
-def pgd(obs, eps, objective=None, steps=10, step_size=None, maximise=False, net=None, head_grad=None, generator=None):
+def pgd(obs, eps, *, objective=None, steps=10, step_size=None, maximise=False, net=None, head_grad=None, generator=None):
     """Projected sign-gradient descent (ascent if maximise) from a uniform random start in the ball: the
     solver behind critic, q_pgd and ARPO's inner adversary. The gradient is that of objective(x) -> scalar
     (autograd), or, if net and head_grad are given, that of a function h(net(x)) with dh/dy = head_grad(y)
     (fast, see mlp_input_grad)."""
+    if (objective is None) == (net is None) or (net is None) != (head_grad is None):  # neither, both, or net alone
+        raise TypeError("pgd takes either objective= or both net= and head_grad=")
     _check(obs, eps, steps)
     eta = eps / steps if step_size is None else step_size
     direction = 1.0 if maximise else -1.0
@@ -103,7 +114,7 @@ def pgd(obs, eps, objective=None, steps=10, step_size=None, maximise=False, net=
     layers = tanh_mlp_layers(net) if net is not None else None
     for _ in range(steps):
         if net is not None:
-            grad = mlp_input_grad(net, x, head_grad, layers)
+            grad = mlp_input_grad(net, x, head_grad, layers=layers)
         else:
             x.requires_grad_(True)
             with torch.enable_grad():  # attacks may be called under torch.no_grad()
@@ -133,12 +144,12 @@ def gaussian_ppo_loss_grad(agent, actions, oldlogprob, advantages, clip_coef):
     return head_grad
 
 
-def critic(agent, obs, eps, steps=10, step_size=None, generator=None, **_):
+def critic(agent, obs, eps, *, steps=10, step_size=None, generator=None):
     """PGD minimising the critic's value V(s') from a uniform random start in the ball."""
     return pgd(obs, eps, steps=steps, step_size=step_size, net=agent.critic, head_grad=torch.ones_like, generator=generator)
 
 
-def mad(agent, obs, eps, steps=10, step_size=None, beta=1e-5, normalize_sigma=False, generator=None, **_):
+def mad(agent, obs, eps, *, steps=10, step_size=None, beta=1e-5, normalize_sigma=False, generator=None):
     """KL-SGLD (SA-PPO's solver; docs/design.md §3): sign-gradient Langevin ascent on KL(pi(.|s) || pi(.|s')).
 
     For a Gaussian policy with state-independent std sigma the KL is sum_j (mu(s')_j - mu(s)_j)^2 / (2 sigma_j^2),
@@ -165,19 +176,20 @@ def mad(agent, obs, eps, steps=10, step_size=None, beta=1e-5, normalize_sigma=Fa
         layers = tanh_mlp_layers(agent.actor_mean)
         for t in range(steps):
             # d/dmu of sum_j ((mu_j - mu_clean_j) / sigma_j)^2 is 2 (mu - mu_clean) / sigma^2
-            grad = mlp_input_grad(agent.actor_mean, x, lambda mu: (mu - mu_clean) * two_over_var, layers)
+            grad = mlp_input_grad(agent.actor_mean, x, lambda mu: (mu - mu_clean) * two_over_var, layers=layers)
             noise = torch.randn(grad.shape, generator=generator, dtype=grad.dtype)
             x = torch.clamp(x + eta * (grad + noise_scale / (t + 2) * noise).sign(), low, high)
     return x
 
 
-def q_pgd(agent, obs, eps, q_net, steps=10, step_size=None, generator=None, **_):
+def q_pgd(agent, obs, eps, q_net, *, steps=10, step_size=None, generator=None):
     """PGD minimising Q(s, mu(s')) from a uniform random start: the Robust Sarsa attack step.
 
     q_net(obs, action) -> (B, 1) is the victim's learned action-value; the state argument stays clean,
     only the policy's input is perturbed."""
     obs = obs.detach()
-    return pgd(obs, eps, lambda x: q_net(obs, agent.actor_mean(x)).sum(), steps, step_size, generator=generator)
+    return pgd(obs, eps, objective=lambda x: q_net(obs, agent.actor_mean(x)).sum(), steps=steps, step_size=step_size,
+               generator=generator)
 
 
 def kl_divergence(agent, obs, obs_adv):
@@ -197,7 +209,7 @@ def bounded_perturbation(obs, eps, action):
     return project(obs + eps * torch.clamp(action.detach(), -1.0, 1.0), obs, eps)
 
 
-def paad_actor(agent, obs, eps, direction, steps=10, step_size=None):
+def paad_actor(agent, obs, eps, direction, *, steps=10, step_size=None):
     """PA-AD's "actor": the state perturbation in B_eps(s) that pushes the victim's mean action along the
     director's direction d (a vector in the victim's action space, one per row of obs).
 

@@ -583,8 +583,10 @@ if __name__ == "__main__":
     # and the attack's result is its strongest variant (lowest mean return)
     variants = {"natural": [("", None)]}
     for name in names:
-        if name in ("random", "critic"):
-            variants[name] = [("", lambda x, f=getattr(attacks, name): f(agent, x, eps, steps=args.attack_steps))]
+        if name == "random":  # no steps: uniform noise is one draw
+            variants[name] = [("", lambda x: attacks.random(agent, x, eps))]
+        elif name == "critic":
+            variants[name] = [("", lambda x: attacks.critic(agent, x, eps, steps=args.attack_steps))]
         elif name == "mad":
             variants[name] = [
                 (f"beta={beta:g}", lambda x, beta=beta: attacks.mad(agent, x, eps, steps=args.attack_steps, beta=beta, normalize_sigma=True))

@@ -1,4 +1,5 @@
 """attacks.py properties over random small networks, and the attack evaluation command."""
+import inspect
 import json
 import shutil
 
@@ -54,6 +55,79 @@ def test_negative_eps_is_refused():
     for fn in (attacks.random, attacks.critic, attacks.mad):
         with pytest.raises(ValueError):
             fn(agent, obs, -0.1)
+
+
+# every public function of attacks.py, found by inspection: a function added later is tested without being listed here
+PUBLIC = sorted(name for name, f in vars(attacks).items() if inspect.isfunction(f) and f.__module__ == "attacks" and not name.startswith("_"))
+RANDOM = [name for name in PUBLIC if "generator" in inspect.signature(getattr(attacks, name)).parameters]
+
+
+def valid_calls():
+    """{name: call(**keywords)}: a valid call of every public function of attacks.py, to which a test adds keywords."""
+    agent, q, obs = random_setting(0)
+    eps, actions, adversary_action = 0.1, torch.randn(len(obs), agent.actor_logstd.shape[1]), torch.randn_like(obs)
+    logprob, advantages = agent.get_policy(obs).log_prob(actions).sum(1).detach(), torch.randn(len(obs))
+    return {
+        "project": lambda **kw: attacks.project(obs + 1, obs, eps, **kw),
+        "random": lambda **kw: attacks.random(agent, obs, eps, **kw),
+        "critic": lambda **kw: attacks.critic(agent, obs, eps, **kw),
+        "mad": lambda **kw: attacks.mad(agent, obs, eps, **kw),
+        "q_pgd": lambda **kw: attacks.q_pgd(agent, obs, eps, q, **kw),
+        "pgd": lambda **kw: attacks.pgd(obs, eps, objective=lambda x: agent.get_value(x).sum(), **kw),
+        "tanh_mlp_layers": lambda **kw: attacks.tanh_mlp_layers(agent.actor_mean, **kw),
+        "mlp_input_grad": lambda **kw: attacks.mlp_input_grad(agent.actor_mean, obs, torch.ones_like, **kw),
+        "gaussian_ppo_loss_grad": lambda **kw: attacks.gaussian_ppo_loss_grad(agent, actions, logprob, advantages, 0.2, **kw),
+        "kl_divergence": lambda **kw: attacks.kl_divergence(agent, obs, obs + eps, **kw),
+        "bounded_perturbation": lambda **kw: attacks.bounded_perturbation(obs, eps, adversary_action, **kw),
+        "paad_actor": lambda **kw: attacks.paad_actor(agent, obs, eps, actions, **kw),
+        "interval_bounds": lambda **kw: attacks.interval_bounds(agent.actor_mean, obs, eps, **kw),
+        "crown_ibp_bounds": lambda **kw: attacks.crown_ibp_bounds(agent.actor_mean, obs, eps, **kw),
+    }
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_a_misspelled_keyword_is_a_type_error(name):
+    """No catch-all **kwargs swallows a typo (it would silently run the default), and what has a default is
+    keyword-only, so that a positional argument cannot land in the wrong parameter."""
+    calls = valid_calls()
+    assert name in calls, f"attacks.{name} is new: add a valid call of it to valid_calls()"
+    calls[name]()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'stpes'"):
+        calls[name](stpes=5)
+    for p in inspect.signature(getattr(attacks, name)).parameters.values():
+        assert p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL), f"attacks.{name} has a catch-all *{p.name}"
+        assert p.default is p.empty or p.kind == p.KEYWORD_ONLY, f"attacks.{name}: {p.name} has a default but is not keyword-only"
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_no_function_draws_from_the_global_generator_when_given_one(name):
+    """A function that draws random numbers takes generator= and draws them all from it; any other draws none."""
+    call = valid_calls()[name]
+    state = torch.get_rng_state()
+    call(**({"generator": torch.Generator().manual_seed(0)} if name in RANDOM else {}))
+    assert torch.equal(torch.get_rng_state(), state), f"attacks.{name} drew from torch's global generator"
+
+
+@pytest.mark.parametrize("name", RANDOM)
+def test_a_generator_makes_the_draws_reproducible_whatever_the_global_seed(name):
+    call = valid_calls()[name]
+    torch.manual_seed(1)
+    first = call(generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(2)
+    assert torch.equal(call(generator=torch.Generator().manual_seed(7)), first)
+    assert not torch.equal(call(generator=torch.Generator().manual_seed(8)), first)  # the generator is what decides
+    # without one the same numbers come, in the same order, from torch's global generator: seeded runs rely on it
+    torch.manual_seed(7)
+    assert torch.equal(call(), first)
+
+
+def test_pgd_needs_exactly_one_gradient_source():
+    agent, q, obs = random_setting(0)
+    value = lambda x: agent.get_value(x).sum()
+    for wrong in ({}, {"net": agent.critic}, {"head_grad": torch.ones_like}, {"objective": value, "net": agent.critic},
+                  {"objective": value, "net": agent.critic, "head_grad": torch.ones_like}):
+        with pytest.raises(TypeError, match="objective"):
+            attacks.pgd(obs, 0.1, **wrong)
 
 
 @pytest.mark.parametrize("seed", range(5))
