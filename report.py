@@ -9,6 +9,7 @@ throughput.py use for their own sections).
 The runs are benchmark.py's (the sweep runner: training, export, evaluation): this file reads what it exports,
 <root>/<env>/<algo>/s<seed>/{eval.json,agent.pt,curve.csv}, and its table of algorithms, and trains nothing.
 """
+import contextlib
 import glob
 import os
 import sys
@@ -105,12 +106,26 @@ def load_results(root):
     return results, left_out, protocols
 
 
+@contextlib.contextmanager
+def seeded_rliable(seed=0):
+    """rliable 1.2 hands random_state to arch, yet its resampling draws from numpy's global generator (two calls with
+    the same random_state gave different intervals): seed that generator for the block and put it back after, so that
+    intervals and profiles are the same from one aggregate to the next. Also quiets arch's notice about RandomState."""
+    global_state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+            yield
+    finally:
+        np.random.set_state(global_state)
+
+
 def bootstrap(score_dict, func, reps, seed=0):
     """rliable's stratified-bootstrap point estimate and 95 % CI of func over {name: runs (x tasks)}: {name: (point, lo, hi)}."""
     from rliable import library as rly
 
-    with warnings.catch_warnings():  # arch's notice about RandomState; the seeded RandomState keeps the CIs reproducible
-        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+    with seeded_rliable(seed):
         point, ci = rly.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
     return {k: (float(point[k][0]), float(ci[k][0][0]), float(ci[k][1][0])) for k in score_dict}
 
@@ -475,8 +490,7 @@ def aggregate(args: Aggregate):
         scores = {a: np.asarray(v, dtype=float).reshape(-1, 1) for a, v in worst.items() if v}
         if scores:
             taus = np.linspace(0, 1.05 * max(float(v.max()) for v in scores.values()), 101)
-            with warnings.catch_warnings():  # as in bootstrap()
-                warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+            with seeded_rliable():
                 profiles, profile_cis = rly.create_performance_profile(scores, taus, reps=args.bootstrap_reps)
             plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=profile_cis, ax=profile_axes[0][panel],
                                                  xlabel="worst-case return τ", ylabel="fraction of runs > τ")

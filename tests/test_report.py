@@ -192,3 +192,21 @@ def test_report_and_the_sweep_runner_are_separate_tools(tmp_path):
     assert loaded.strip() == "[]"
     old = run_script("benchmark.py", "aggregate", "--root", tmp_path, "--bootstrap-reps", "200", check=False)
     assert_one_line_error(old, f"python report.py aggregate --root {tmp_path} --bootstrap-reps 200")
+
+
+def test_bootstrap_intervals_repeat_whatever_numpys_global_state_and_leave_it_alone():
+    """rliable 1.2 resamples from numpy's global generator despite its random_state: without report.seeded_rliable
+    two aggregates of the same runs gave different intervals (and a claim near 0.5 could flip)."""
+    import numpy as np
+
+    import report
+
+    values, others = {"a": [1.0, 5.0, 3.0, 8.0, 2.0], "b": [2.0, 4.0, 9.0]}, {"b": [1.0, 2.0, 3.0], "c": [5.0, 6.0, 7.0, 8.0]}
+    results = []
+    for global_seed in (1, 2):
+        np.random.seed(global_seed)
+        before = np.random.get_state()[1].copy()
+        results.append((report.iqm_ci(values, 500), report.probability_of_improvement([3.0, 5.0, 6.0, 2.0], others, 500)))
+        assert (np.random.get_state()[1] == before).all()  # the caller's global state is put back
+    assert results[0] == results[1]
+    assert results[0][0]["a"][1] < results[0][0]["a"][0] < results[0][0]["a"][2]  # a real interval, not a point
