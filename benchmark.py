@@ -352,6 +352,11 @@ def emit_slurm(args, jobs):
     print(f"wrote {path} ({len(jobs)} array tasks); submit with: sbatch {path}")
 
 
+# evaluate.py's attacks other than the learned ones (evaluate.ATTACKS without sarl, paad; tests/test_benchmark.py holds
+# them equal): what --attacks all asks of every run besides the learned attacks it trains adversaries for
+GRADIENT_ATTACKS = ["random", "critic", "mad", "rs"]
+
+
 def learned_attacks(args):
     """The learned attacks (sarl, paad) among the sweep's --attacks that it trains adversaries for (none with --no-learned)."""
     names = ["sarl", "paad"] if args.attacks == "all" else [a for a in args.attacks.split(",") if a in ("sarl", "paad")]
@@ -395,7 +400,8 @@ def is_complete(job, args):
     path = os.path.join(job["out_dir"], "eval.json")
     if not os.path.isfile(path) or job_problem(job):
         return False
-    wanted = [] if args.attacks == "all" else [a for a in args.attacks.split(",") if a and a not in ("sarl", "paad", "none")]
+    asked = GRADIENT_ATTACKS if args.attacks == "all" else args.attacks.split(",")
+    wanted = [a for a in asked if a and a not in ("sarl", "paad", "none")]
     return set(wanted + learned_attacks(args)) <= set(read_eval(path)[0]["results"])
 
 

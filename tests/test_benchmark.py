@@ -3,6 +3,7 @@ The aggregation of the finished runs is report.py's, tested in test_report.py.""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -107,3 +108,28 @@ def test_status_tells_a_run_of_another_budget(tmp_path):
     common = ["--algos", "spo", "--seeds", "1", "--root", tmp_path / "sweep", "--results", tmp_path / "results", "--preset", "none"]
     assert re.search(r"Hopper-v5/spo\s+50%", run_script("benchmark.py", "status", *common, "--total-timesteps", "20480").stdout)
     assert re.search(r"Hopper-v5/spo\s+other", run_script("benchmark.py", "status", *common).stdout)
+
+
+def test_a_run_evaluated_with_fewer_attacks_than_asked_is_not_complete(tmp_path):
+    """--attacks all asks for every attack of evaluate.py: an eval.json with only some of them is redone, not skipped
+    (once, a natural-only evaluation counted as complete under --attacks all --no-learned)."""
+    import benchmark
+    import evaluate
+
+    assert benchmark.GRADIENT_ATTACKS + ["sarl", "paad"] == evaluate.ATTACKS
+    args = benchmark.Run(algos=["spo"], envs=["Hopper-v5"], seeds=[1], results=str(tmp_path), root=str(tmp_path / "runs"))
+    (job,) = benchmark.jobs_of(args)
+    no_learned = benchmark.Run(**{**vars(args), "learned": False})
+    cases = [({}, False, False), ({"sarl": 1.0, "paad": 1.0}, False, False),
+             ({"random": 1.0, "critic": 1.0, "mad": 1.0, "rs": 1.0}, False, True),
+             ({a: 1.0 for a in evaluate.ATTACKS}, True, True)]
+    for attacks, complete, complete_without_learned in cases:
+        shutil.rmtree(tmp_path / "quick", ignore_errors=True)
+        write_eval(tmp_path / "quick", "Hopper-v5", "spo", 1, 1000.0, attacks)
+        assert benchmark.is_complete(job, args) is complete, attacks
+        assert benchmark.is_complete(job, no_learned) is complete_without_learned, attacks
+    write_eval(tmp_path / "other" / "quick", "Hopper-v5", "spo", 1, 1000.0, {"random": 1.0})
+    subset = benchmark.Run(**{**vars(args), "attacks": "random,mad", "results": str(tmp_path / "other")})
+    (job,) = benchmark.jobs_of(subset)
+    assert benchmark.is_complete(job, subset) is False  # a named subset: each attack in it
+    assert benchmark.is_complete(job, benchmark.Run(**{**vars(subset), "attacks": "random"})) is True
