@@ -259,11 +259,17 @@ def kept_episodes(episodes, batch):
     return kept
 
 
+# TensorBoard scalars of the robust scripts exported per iteration (diagnostics.csv): the radius and whether the policy
+# still depends on the state (a collapse to one action has both policy scalars near 0)
+DIAGNOSTICS = ["adversary/epsilon", "policy/action_spread", "policy/input_sensitivity"]
+
+
 def export_run(run_dir, out_dir):
     """The committed form of a finished training run, written into out_dir: agent.pt without the optimiser
     (networks, observation normaliser, args, versions, and the commits of the code that trained it, enough
-    for evaluate.py and the learned attacks) and curve.csv (step, episodic return of every training episode of
-    the run the checkpoint holds: not those of a start that a resume threw away, see kept_episodes)."""
+    for evaluate.py and the learned attacks), curve.csv (step, episodic return of every training episode of
+    the run the checkpoint holds: not those of a start that a resume threw away, see kept_episodes) and, for the
+    scripts that log them, diagnostics.csv (step and the DIAGNOSTICS scalars of every iteration)."""
     import logging
 
     import torch
@@ -296,6 +302,17 @@ def export_run(run_dir, out_dir):
             f.write("step,episodic_return\n" + "".join(f"{step},{value:.1f}\n" for step, value in episodes))
 
     write_atomically(os.path.join(out_dir, "curve.csv"), save_curve)
+    diagnostics = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in DIAGNOSTICS if tag in acc.Tags()["scalars"]}
+    if diagnostics:  # the robust scripts' collapse scalars, one row per iteration
+
+        def save_diagnostics(tmp):
+            steps = sorted(set().union(*diagnostics.values()))
+            with open(tmp, "w") as f:
+                f.write("step," + ",".join(t.split("/")[1] for t in diagnostics) + "\n")
+                f.writelines(f"{step}," + ",".join(f"{d[step]:.6g}" if step in d else "" for d in diagnostics.values()) + "\n"
+                             for step in steps)
+
+        write_atomically(os.path.join(out_dir, "diagnostics.csv"), save_diagnostics)
     write_atomically(os.path.join(out_dir, "agent.pt"), lambda tmp: torch.save(ckpt, tmp))  # last: its presence means exported
 
 

@@ -46,6 +46,11 @@ def test_sweep_resumes_a_killed_run_then_skips_it(tmp_path):
     assert len(agent["commits"]) == 1 and re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", agent["commits"][0])
     curve = (exported / "curve.csv").read_text().splitlines()
     assert curve[0] == "step,episodic_return" and len(curve) > 5 and all(0 < int(l.split(",")[0]) <= 1280 for l in curve[1:])
+    # the collapse scalars, one row per iteration (20 of 64 steps), spo logging no epsilon; a resume keeps one row each
+    diagnostics = (exported / "diagnostics.csv").read_text().splitlines()
+    assert diagnostics[0] == "step,action_spread,input_sensitivity"
+    assert [int(l.split(",")[0]) for l in diagnostics[1:]] == list(range(64, 1281, 64))
+    assert all(float(x) > 0 for l in diagnostics[1:] for x in l.split(",")[1:])
     assert json.loads((exported / "eval.json").read_text())["num_episodes"] == 2
     assert not (run_dir / "eval.json").exists()
 
