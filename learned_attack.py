@@ -234,15 +234,29 @@ def perturb(victim, obs, eps, adversary_action, args):
     return attacks.paad_actor(victim, obs, eps, adversary_action, steps=args.actor_steps, step_size=args.actor_step_size)
 
 
+class DropInfo(gym.Wrapper):
+    """Returns an empty info: MuJoCo's per-step one (positions, reward terms) is read by nothing here, and
+    SyncVectorEnv would batch each of its keys into arrays at every step. RecordEpisodeStatistics, above this
+    wrapper, still adds the episode's return and length at its end."""
+
+    def reset(self, **kwargs):
+        return self.env.reset(**kwargs)[0], {}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = self.env.step(action)
+        return obs, reward, terminated, truncated, {}
+
+
 def make_env(env_id, obs_rms, gamma):
     """The victim's evaluation pipeline (frozen normaliser, clip +-10) plus the adversary's reward."""
 
     def thunk():
         env = evaluate.make_eval_env(env_id, obs_rms)()
+        env = DropInfo(env)
         env = gym.wrappers.RecordEpisodeStatistics(env)  # the victim's raw returns under attack
         env = gym.wrappers.TransformReward(env, lambda reward: -reward)  # adversary reward = -env reward
         env = NormalizeReward(env, gamma=gamma)  # gymnasium's, number for number, faster (spo_ppo.py)
-        env = gym.wrappers.TransformReward(env, lambda reward: np.clip(reward, -10, 10))
+        env = gym.wrappers.TransformReward(env, lambda reward: min(max(reward, -10.0), 10.0))  # np.clip's value, for one number
         return env
 
     return thunk
