@@ -36,6 +36,11 @@ log-std) with an action of the size above. It does not normalise its observation
 normalised s. It normalises its rewards (NormalizeReward on -r, clip +-10), as PPO does; those statistics are
 only used during training and are stored in the checkpoint for the record.
 
+Speed, same numbers bit for bit (tests/test_learned_attacks.py compares weights and every logged scalar with the
+scripts this one replaced): spo_ppo.py's faster NormalizeReward, MuJoCo's per-step info dropped (DropInfo), the
+PA-AD actor's constant work done once per call (attacks.paad_actor), foreach Adam, one index tensor per minibatch.
+`python bench.py --learned sarl,paad` measures it against the code before these changes (docs/benchmarks.md).
+
 Output: `<victim_dir>/<attack>_eps<eps>.pt` (or --output): the adversary's state dict and sizes, eps, the sha1 of
 the victim checkpoint it was trained against (evaluate.py ignores a stale adversary), the args (PA-AD's actor
 steps among them), training steps, the reward normaliser statistics and, with --grid, every setting's score.
