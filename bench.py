@@ -480,12 +480,13 @@ def learned(args):
         parts = {(v, a): [] for v in versions for a in attacks}
         for name in versions:  # a warm-up, not timed: the first pass in a process pays for torch's lazy initialisation
             learned_parts(*modules[name], attacks[0], victim, ckpt, 512, name == args.against)
-        for _ in range(args.repeats):  # in turn, so a slow spell of the machine hits both versions alike
+        for repeat in range(args.repeats):  # in turn, so a slow spell of the machine hits both versions alike; the order
+            order = list(versions) if repeat % 2 == 0 else list(versions)[::-1]  # alternates (A B, B A, ...) against a drift
             for attack in attacks:
-                for name, directory in versions.items():
-                    runs[name, attack].append(learned_run(directory, attack, victim_path, args.total_timesteps))
+                for name in order:
+                    runs[name, attack].append(learned_run(versions[name], attack, victim_path, args.total_timesteps))
                     print(f"  {name:8s} {attack}: {runs[name, attack][-1][0]:5.0f} SPS, {runs[name, attack][-1][1]:5.0f} steps per CPU second", flush=True)
-                for name in versions:
+                for name in order:
                     parts[name, attack].append(learned_parts(*modules[name], attack, victim, ckpt, args.profile_steps, name == args.against))
                     print(f"  {name:8s} {attack} parts: " + ", ".join(f"{v:.0f}" for v in parts[name, attack][-1].values()), flush=True)
     finally:
@@ -494,8 +495,9 @@ def learned(args):
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
              f"one torch thread. Command: `python bench.py --learned {args.learned} --against {args.against} --total-timesteps {args.total_timesteps} "
              f"--repeats {args.repeats} --profile-steps {args.profile_steps}` (victim `{args.victim}`). Each repeat runs `learned_attack.py` "
-             f"as it was at {args.against} and as it is now, in turn, {args.total_timesteps} steps at its defaults (seed 1); SPS is the "
-             "one it prints (wall time of the training loop), CPU is steps per CPU second of the same loop (`train_cpu_seconds`).", "",
+             f"as it was at {args.against} and as it is now, in turn (the order alternating), {args.total_timesteps} steps at its defaults "
+             "(seed 1); SPS is the one it prints (wall time of the training loop), CPU is steps per CPU second of the same loop "
+             "(`train_cpu_seconds`); same weights: every run of both versions trained the same adversary, bit for bit.", "",
              f"| attack | SPS before ({args.against}) | SPS now | speed-up (medians) | steps per CPU s before | now | speed-up | same weights |",
              "|---|---|---|---|---|---|---|---|"]
     for attack in attacks:
@@ -505,6 +507,9 @@ def learned(args):
         cpu_b, cpu_n = (float(np.median([r[1] for r in x])) for x in (before, now))
         lines.append(f"| {attack} | {', '.join(f'{r[0]:.0f}' for r in before)} | {', '.join(f'{r[0]:.0f}' for r in now)} | {sps_n / sps_b:.2f}× "
                      f"| {', '.join(f'{r[1]:.0f}' for r in before)} | {', '.join(f'{r[1]:.0f}' for r in now)} | {cpu_n / cpu_b:.2f}× | {'yes' if same else 'NO'} |")
+    pairs = "; ".join(f"{attack} " + ", ".join(f"{n[1] / b[1]:.2f}" for b, n in zip(runs[args.against, attack], runs["now", attack]))
+                      for attack in attacks)
+    lines += ["", f"Steps per CPU second now / before, pair by pair: {pairs}."]
     lines += ["", f"The parts of a step (CPU µs per env step unless said otherwise, median of {args.repeats}; bench.py's copy of the rollout loop, "
               f"{args.profile_steps} env steps, then 10 epochs of minibatch updates on the batch it collected):", ""]
     for attack in attacks:
