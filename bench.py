@@ -491,7 +491,7 @@ def learned(args):
                     print(f"  {name:8s} {attack} parts: " + ", ".join(f"{v:.0f}" for v in parts[name, attack][-1].values()), flush=True)
     finally:
         shutil.rmtree(code_dir)
-    lines = ["## Learned attacks: training speed (`bench.py --learned`)", "",
+    lines = ["### Measured by `bench.py --learned`", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
              f"one torch thread. Command: `python bench.py --learned {args.learned} --against {args.against} --total-timesteps {args.total_timesteps} "
              f"--repeats {args.repeats} --profile-steps {args.profile_steps}` (victim `{args.victim}`). Each repeat runs `learned_attack.py` "
