@@ -217,7 +217,13 @@ def paad_actor(agent, obs, eps, direction, *, steps=10, step_size=None):
     `steps` sign-gradient ascent steps of size eps/steps from s' = s. Its gradient J_mu(s')^T d is not zero
     at s' = s (unlike MAD's KL), so no random start is needed, and only d's direction matters (rescaling d
     does not change the sign of the gradient). The literature also uses the cosine similarity of the action
-    change and d; the projection additionally rewards moving the action further along d."""
+    change and d; the projection additionally rewards moving the action further along d.
+
+    The learned attack calls this at every rollout step, so the work that does not change over the steps is done
+    once: the actor's layers are read once (as pgd and mad do), and if its last layer is linear, mu = W h + b,
+    the gradient of <mu, d> with respect to h is the constant d W: the steps run the forward and backward only
+    through the layers before it, starting the backward at d W (the product mlp_input_grad would compute in
+    every step, so the same numbers)."""
     _check(obs, eps, steps)
     eta = eps / max(steps, 1) if step_size is None else step_size
     with torch.no_grad():
@@ -225,9 +231,12 @@ def paad_actor(agent, obs, eps, direction, *, steps=10, step_size=None):
         d = direction.detach() / (direction.detach().norm(dim=-1, keepdim=True) + 1e-8)  # unit direction
         low, high = obs - eps, obs + eps
         x = obs.clone()
+        layers, head = tanh_mlp_layers(agent.actor_mean), d
+        if layers and len(layers) > 1 and layers[-1] is not None:  # last layer linear: start the backward at d W
+            head, layers = d @ layers[-1][0], layers[:-1]
         for _ in range(steps):
-            grad = mlp_input_grad(agent.actor_mean, x, lambda mu: d)  # d/ds' <mu(s'), d> = J^T d
-            x = torch.clamp(x + eta * grad.sign(), low, high)
+            grad = mlp_input_grad(agent.actor_mean, x, lambda mu: head, layers=layers)  # d/ds' <mu(s'), d> = J^T d
+            x = torch.clamp(torch.add(x, grad.sign(), alpha=eta), low, high)  # = x + eta * sign: eta * (+-1 or 0) is exact
     return x
 
 

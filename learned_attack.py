@@ -36,6 +36,11 @@ log-std) with an action of the size above. It does not normalise its observation
 normalised s. It normalises its rewards (NormalizeReward on -r, clip +-10), as PPO does; those statistics are
 only used during training and are stored in the checkpoint for the record.
 
+Speed, same numbers bit for bit (tests/test_learned_attacks.py compares weights and every logged scalar with the
+scripts this one replaced): spo_ppo.py's faster NormalizeReward, MuJoCo's per-step info dropped (DropInfo), the
+PA-AD actor's constant work done once per call (attacks.paad_actor), foreach Adam, one index tensor per minibatch.
+`python throughput.py --learned sarl,paad` measures it against the code before these changes (docs/benchmarks.md).
+
 Output: `<victim_dir>/<attack>_eps<eps>.pt` (or --output): the adversary's state dict and sizes, eps, the sha1 of
 the victim checkpoint it was trained against (evaluate.py ignores a stale adversary), the args (PA-AD's actor
 steps among them), training steps, the reward normaliser statistics and, with --grid, every setting's score.
@@ -77,6 +82,7 @@ would give (our attacks may be weaker).
     python evaluate.py runs/<run>/agent.pt --attacks all            # now includes sarl and paad
 """
 import copy
+import math
 import os
 import platform
 import random
@@ -95,7 +101,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import attacks
 import evaluate
-from spo_ppo import Agent, clipped_surrogate, hms, print_mujoco_warning
+from spo_ppo import Agent, NormalizeReward, clipped_surrogate, hms, print_mujoco_warning, value_loss
 
 LITERATURE_TIMESTEPS = 5000000
 
@@ -233,15 +239,29 @@ def perturb(victim, obs, eps, adversary_action, args):
     return attacks.paad_actor(victim, obs, eps, adversary_action, steps=args.actor_steps, step_size=args.actor_step_size)
 
 
+class DropInfo(gym.Wrapper):
+    """Returns an empty info: MuJoCo's per-step one (positions, reward terms) is read by nothing here, and
+    SyncVectorEnv would batch each of its keys into arrays at every step. RecordEpisodeStatistics, above this
+    wrapper, still adds the episode's return and length at its end."""
+
+    def reset(self, **kwargs):
+        return self.env.reset(**kwargs)[0], {}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = self.env.step(action)
+        return obs, reward, terminated, truncated, {}
+
+
 def make_env(env_id, obs_rms, gamma):
     """The victim's evaluation pipeline (frozen normaliser, clip +-10) plus the adversary's reward."""
 
     def thunk():
         env = evaluate.make_eval_env(env_id, obs_rms)()
+        env = DropInfo(env)
         env = gym.wrappers.RecordEpisodeStatistics(env)  # the victim's raw returns under attack
         env = gym.wrappers.TransformReward(env, lambda reward: -reward)  # adversary reward = -env reward
-        env = gym.wrappers.NormalizeReward(env, gamma=gamma)
-        env = gym.wrappers.TransformReward(env, lambda reward: np.clip(reward, -10, 10))
+        env = NormalizeReward(env, gamma=gamma)  # gymnasium's, number for number, faster (spo_ppo.py)
+        env = gym.wrappers.TransformReward(env, lambda reward: min(max(reward, -10.0), 10.0))  # np.clip's value, for one number
         return env
 
     return thunk
@@ -293,7 +313,9 @@ def train(args, victim, victim_ckpt, eps, run_dir):
     act_dim = adversary_action_dim(args, victim_ckpt)  # obs_dim for SA-RL, the victim's action size for PA-AD
 
     adversary = Agent(obs_dim, act_dim, args.hidden_size, args.init_logstd)
-    optimizer = optim.Adam(adversary.parameters(), lr=args.learning_rate, eps=1e-5)
+    # foreach: one call per Adam operation for all the parameters instead of a Python loop over them; the same
+    # arithmetic as the default single-tensor Adam, bit for bit (fused=True would round differently)
+    optimizer = optim.Adam(adversary.parameters(), lr=args.learning_rate, eps=1e-5, foreach=True)
 
     # ALGO Logic: Storage setup (numpy buffers; the rollout runs under torch.inference_mode)
     obs = np.zeros((args.num_steps, args.num_envs, obs_dim), dtype=np.float32)
@@ -372,12 +394,13 @@ def train(args, victim, victim_ckpt, eps, run_dir):
 
         # Optimizing the adversary's policy and value network
         b_inds = np.arange(args.batch_size)
+        params = list(adversary.parameters())  # for the gradient clipping: listed once, not on each minibatch
         clipfracs = []
         for epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 end = start + args.minibatch_size
-                mb_inds = b_inds[start:end]
+                mb_inds = torch.from_numpy(b_inds[start:end])  # one index tensor, not a conversion per buffer it selects from
 
                 _, newlogprob, entropy, newvalue = adversary.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
                 logratio = newlogprob - b_logprobs[mb_inds]
@@ -397,28 +420,16 @@ def train(args, victim, victim_ckpt, eps, run_dir):
                 pg_loss = clipped_surrogate(newlogprob, b_logprobs[mb_inds], mb_advantages, args.clip_coef).mean()
 
                 # Value loss
-                newvalue = newvalue.view(-1)
-                if args.clip_vloss:
-                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                    v_clipped = b_values[mb_inds] + torch.clamp(
-                        newvalue - b_values[mb_inds],
-                        -args.clip_coef,
-                        args.clip_coef,
-                    )
-                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
-                    v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
-                    v_loss = 0.5 * v_loss_max.mean()
-                else:
-                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+                v_loss = value_loss(newvalue.view(-1), b_returns[mb_inds], b_values[mb_inds], args.clip_coef, args.clip_vloss)
 
                 entropy_loss = entropy.mean()
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-                if not torch.isfinite(loss):
+                if not math.isfinite(loss.item()):
                     raise SystemExit(f"error: non-finite adversary loss at iteration {iteration}; stopping without writing an adversary")
 
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(adversary.parameters(), args.max_grad_norm)
+                nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
                 optimizer.step()
 
             if args.target_kl is not None and approx_kl > args.target_kl:

@@ -7,6 +7,7 @@ It measures speed only: the sweep that trains and evaluates runs is benchmark.py
     python throughput.py --checkpoint runs/<run>/agent.pt  # + evaluation timings on a trained checkpoint
     python throughput.py --anchor <path>/cleanrl_sps.sh    # + CleanRL's own script, run in turn with spo_ppo.py
     python throughput.py --profile                         # where a training step's time goes, before/after (see profile())
+    python throughput.py --learned paad,sarl --repeats 2   # learned_attack.py now and at --against, in turn (see learned())
 
 Training scripts run as subprocesses for --total-timesteps steps each (one torch thread, one at a time);
 their SPS is the one they print (global steps / time in the training loop, imports excluded). The
@@ -42,6 +43,7 @@ from spo_ppo import Agent, print_mujoco_warning
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 TRAINING_SCRIPTS = ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py", "radial_ppo.py", "wocar_ppo.py"]
+LEARNED_REFERENCE = "59a0106"  # the last commit before the speed-ups of learned_attack.py (issue 24)
 
 
 @dataclass
@@ -66,6 +68,13 @@ class Args:
     """the commit the profile compares with (default: the last one before the throughput work of issue 24)"""
     profile_steps: int = 4096
     """env steps per timed part of the profile (the update: 10 epochs over the batch of that many steps, 64-sample minibatches)"""
+    learned: Optional[str] = None
+    """instead of the training table: the learned attacks (comma-separated: sarl, paad) trained by learned_attack.py as it is now
+    and as it was at --against, in turn, --repeats times each, for --total-timesteps steps; and the parts of their step"""
+    against: str = LEARNED_REFERENCE
+    """the commit --learned compares with (default: the last one before the speed-ups of learned_attack.py)"""
+    victim: str = "results/quick/Hopper-v5/spo/s1/agent.pt"
+    """the checkpoint the --learned runs attack"""
 
 
 class CleanRLAgent(Agent):
@@ -186,10 +195,11 @@ def anchor_sps(anchor, total_timesteps):
 # one thread on an idle machine, its wall time; on a loaded machine much less inflated than wall time), for the current
 # code and for --reference's spo_ppo.py, in turn. The whole iteration is the scripts' own SPS (wall time, training loop).
 
-def reference_code(commit):
-    """The training scripts and attacks.py as of `commit` in a temporary directory, and its spo_ppo.py imported as a module."""
+def reference_code(commit, names=TRAINING_SCRIPTS + ["attacks.py"]):
+    """The files `names` (default: the training scripts and attacks.py) as of `commit` in a temporary directory, and its
+    spo_ppo.py imported as a module."""
     code_dir = tempfile.mkdtemp(prefix=f"bench_{commit}_")
-    for name in TRAINING_SCRIPTS + ["attacks.py"]:
+    for name in names:
         proc = subprocess.run(["git", "show", f"{commit}:{name}"], capture_output=True, text=True, cwd=REPO)
         if proc.returncode != 0:
             raise SystemExit(f"error: cannot read {name} at commit {commit} (--reference): {proc.stderr.strip()}")
@@ -247,12 +257,13 @@ def rollout(code, env_id, steps):
     return env / steps * 1e6, policy / steps * 1e6, (env + policy) / steps * 1e6, agent, buffers
 
 
-def update_us(code, agent, buffers, before=False, epochs=10, minibatch_size=64, clip_coef=0.2):
+def update_us(code, agent, buffers, before=False, epochs=10, minibatch_size=64, clip_coef=0.2, adam=(("fused", True),)):
     """CPU us per minibatch update as the scripts run it by default (CleanRL's: per-minibatch approx-KL and clip fraction,
-    normalised advantages, clipped surrogate and value loss, one backward, gradient clipping at 0.5, fused Adam). `before`:
-    the update lines before the throughput work (numpy indices, agent.parameters() at each clipping, torch.isfinite)."""
+    normalised advantages, clipped surrogate and value loss, one backward, gradient clipping at 0.5, Adam with the options
+    `adam`: the training scripts' fused one by default). `before`: the update lines before the throughput work (numpy
+    indices, agent.parameters() at each clipping, torch.isfinite)."""
     optimizer = torch.optim.Adam([{"params": list(agent.actor_mean.parameters()) + [agent.actor_logstd]},
-                                  {"params": agent.critic.parameters()}], lr=3e-4, eps=1e-5, fused=True)
+                                  {"params": agent.critic.parameters()}], lr=3e-4, eps=1e-5, **dict(adam))
     n = len(buffers["obs"]) // minibatch_size * minibatch_size
     b_obs, b_actions = (torch.from_numpy(buffers[k][:n].reshape(n, -1)) for k in ("obs", "actions"))
     b_logprobs, b_values = (torch.from_numpy(buffers[k][:n].reshape(-1)) for k in ("logprobs", "values"))
@@ -359,6 +370,156 @@ def profile_versions(args, code_dir, reference):
         lines.append(f"| `{script}` | {b:.0f} | {b / b_spo:.2f}× | {n:.0f} | {n / n_spo:.2f}× | {b / n:.2f}× |")
     return "\n".join(lines) + "\n"
 
+# The learned attacks (learned_attack.py sarl / paad): whole runs of the script as it is now and as it was at --against,
+# in turn, with the same seed, so that they must also train the same adversary bit for bit (checked: "same weights"); their
+# SPS (wall time of the training loop, as printed) and steps per CPU second of the training loop (the checkpoint's
+# train_cpu_seconds: on a loaded machine the steadier of the two). Then the parts of a step, timed in this process as in
+# profile(): each version's env stack, adversary, perturbation and victim in throughput.py's copy of the rollout loop, and its
+# minibatch update (update_us with the learned attack's 512-sample minibatches and Adam).
+
+def python_files(commit):
+    """The top-level .py files of `commit` (learned_attack.py and the modules and training scripts it imports)."""
+    listed = subprocess.run(["git", "ls-tree", "--name-only", commit], capture_output=True, text=True, cwd=REPO)
+    if listed.returncode != 0:
+        raise SystemExit(f"error: cannot read commit {commit} (--against): {listed.stderr.strip()}")
+    return [name for name in listed.stdout.split() if name.endswith(".py")]
+
+
+def learned_run(code_dir, attack, victim, total_timesteps):
+    """One seeded learned_attack.py run of the code in code_dir: its SPS, its steps per CPU second, the adversary's weights."""
+    out = tempfile.mkdtemp(prefix="bench_learned_")
+    try:
+        proc = subprocess.run([sys.executable, os.path.join(code_dir, "learned_attack.py"), attack, victim, "--total-timesteps",
+                               str(total_timesteps), "--output", os.path.join(out, "adversary.pt"), "--run-dir", os.path.join(out, "tb")],
+                              capture_output=True, text=True, cwd=code_dir)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: {code_dir}/learned_attack.py {attack} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        adversary = torch.load(os.path.join(out, "adversary.pt"), weights_only=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    sps = float(re.findall(r"SPS (\d+)", proc.stdout)[-1])
+    return sps, adversary["global_step"] / adversary["train_cpu_seconds"], adversary["adversary"]
+
+
+def import_learned(code_dir):
+    """learned_attack.py of code_dir imported with that directory's attacks, evaluate and spo_ppo, not this process's;
+    returns it and its spo_ppo."""
+    local = ["learned_attack", "attacks", "evaluate", "spo_ppo"]
+    saved = {name: sys.modules.pop(name) for name in local if name in sys.modules}
+    sys.path.insert(0, code_dir)
+    try:
+        module = importlib.import_module("learned_attack")
+        return module, sys.modules["spo_ppo"]
+    finally:
+        sys.path.remove(code_dir)
+        for name in local:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+
+
+def learned_parts(code, spo, attack, victim, ckpt, steps, before):
+    """{part: CPU us} of one version of a learned attack (code: its learned_attack module, spo: its spo_ppo; `before`: the
+    update lines of --against) at its defaults: the rollout loop of train() for `steps` env steps, then its update."""
+    args = (code.SarlArgs if attack == "sarl" else code.PaadArgs)(victim="-")
+    eps = code.evaluate.default_epsilon(ckpt["env_id"])
+    envs = gym.vector.SyncVectorEnv([code.make_env(ckpt["env_id"], ckpt["obs_rms"], args.gamma) for _ in range(args.num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    obs_dim, act_dim = envs.single_observation_space.shape[0], code.adversary_action_dim(args, ckpt)
+    torch.manual_seed(1)
+    adversary = code.Agent(obs_dim, act_dim, args.hidden_size, args.init_logstd)
+    n = steps // args.num_envs
+    buffers = {"obs": np.zeros((n, args.num_envs, obs_dim), np.float32), "actions": np.zeros((n, args.num_envs, act_dim), np.float32),
+               **{k: np.zeros((n, args.num_envs), np.float32) for k in ("logprobs", "values", "rewards", "dones")}}
+    next_obs = envs.reset(seed=1)[0].astype(np.float32)
+    times = np.zeros(4)
+    with torch.inference_mode():
+        for step in range(n):
+            t0 = time.process_time()
+            buffers["obs"][step] = next_obs
+            s = torch.from_numpy(next_obs)
+            action, logprob, _, value = adversary.get_action_and_value(s)
+            buffers["values"][step], buffers["actions"][step], buffers["logprobs"][step] = value.flatten().numpy(), action.numpy(), logprob.numpy()
+            t1 = time.process_time()
+            s_adv = code.perturb(victim, s, eps, action, args)
+            t2 = time.process_time()
+            victim_action = victim.actor_mean(s_adv).numpy()
+            t3 = time.process_time()
+            next_obs, reward, terminations, truncations, infos = envs.step(victim_action)
+            next_obs = next_obs.astype(np.float32)
+            buffers["dones"][step], buffers["rewards"][step] = np.logical_or(terminations, truncations), reward
+            times += np.diff([t0, t1, t2, t3, time.process_time()])
+    envs.close()
+    per_step = times / (n * args.num_envs) * 1e6
+    what = "s + eps hardtanh(a)" if attack == "sarl" else f"the actor, {args.actor_steps} gradient steps"
+    parts = {"rollout: adversary forward (sample, log-prob, value; to the buffers)": per_step[0],
+             f"rollout: perturbation ({what})": per_step[1], "rollout: victim forward": per_step[2],
+             f"rollout: env step ({args.num_envs} sub-envs, per env step)": per_step[3], "rollout: one env step": per_step.sum()}
+    flat = {k: v.reshape(n * args.num_envs, 1, -1) if v.ndim == 3 else v.reshape(n * args.num_envs, 1) for k, v in buffers.items()}
+    adam = () if before else (("foreach", True),)
+    minibatch = update_us(spo, adversary, flat, before, args.update_epochs, args.num_envs * args.num_steps // args.num_minibatches, args.clip_coef, adam)
+    parts[f"one minibatch update ({args.num_envs * args.num_steps // args.num_minibatches} samples)"] = minibatch
+    parts["the update per env step"] = minibatch * args.update_epochs * args.num_minibatches / (args.num_envs * args.num_steps)
+    parts["one training step (rollout step + update per env step)"] = parts["rollout: one env step"] + parts["the update per env step"]
+    return parts
+
+
+def learned(args):
+    import evaluate
+
+    attacks = args.learned.split(",")
+    if not attacks or not set(attacks) <= {"sarl", "paad"}:
+        raise SystemExit(f"error: --learned takes sarl and/or paad, comma-separated, got {args.learned!r}")
+    if args.profile_steps < 512:
+        raise SystemExit(f"error: --profile-steps must be at least 512 (one minibatch of the learned attacks), got {args.profile_steps}")
+    victim_path = os.path.abspath(args.victim)
+    victim, ckpt = evaluate.load_checkpoint(victim_path)
+    code_dir, _ = reference_code(args.against, python_files(args.against))
+    try:
+        versions = {args.against: code_dir, "now": REPO}
+        modules = {args.against: import_learned(code_dir), "now": import_learned(REPO)}
+        runs = {(v, a): [] for v in versions for a in attacks}
+        parts = {(v, a): [] for v in versions for a in attacks}
+        for name in versions:  # a warm-up, not timed: the first pass in a process pays for torch's lazy initialisation
+            learned_parts(*modules[name], attacks[0], victim, ckpt, 512, name == args.against)
+        for repeat in range(args.repeats):  # in turn, so a slow spell of the machine hits both versions alike; the order
+            order = list(versions) if repeat % 2 == 0 else list(versions)[::-1]  # alternates (A B, B A, ...) against a drift
+            for attack in attacks:
+                for name in order:
+                    runs[name, attack].append(learned_run(versions[name], attack, victim_path, args.total_timesteps))
+                    print(f"  {name:8s} {attack}: {runs[name, attack][-1][0]:5.0f} SPS, {runs[name, attack][-1][1]:5.0f} steps per CPU second", flush=True)
+                for name in order:
+                    parts[name, attack].append(learned_parts(*modules[name], attack, victim, ckpt, args.profile_steps, name == args.against))
+                    print(f"  {name:8s} {attack} parts: " + ", ".join(f"{v:.0f}" for v in parts[name, attack][-1].values()), flush=True)
+    finally:
+        shutil.rmtree(code_dir)
+    lines = ["### Measured by `throughput.py --learned`", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+             f"one torch thread. Command: `python throughput.py --learned {args.learned} --against {args.against} --total-timesteps {args.total_timesteps} "
+             f"--repeats {args.repeats} --profile-steps {args.profile_steps}` (victim `{args.victim}`). Each repeat runs `learned_attack.py` "
+             f"as it was at {args.against} and as it is now, in turn (the order alternating), {args.total_timesteps} steps at its defaults "
+             "(seed 1). SPS is the one it prints (wall time of the training loop); CPU is steps per CPU second of the same loop "
+             "(`train_cpu_seconds`). Other jobs on the machine only ever slow a run down, so next to the median of the per-pair ratios "
+             "we give the ratio of the two versions' fastest runs. Same weights: every run of both versions trained the same "
+             "adversary, bit for bit.", "",
+             f"| attack | SPS before ({args.against}) | SPS now | CPU before | CPU now | speed-up, median of pairs (CPU) | fastest vs fastest (CPU) | same weights |",
+             "|---|---|---|---|---|---|---|---|"]
+    for attack in attacks:
+        before, now = runs[args.against, attack], runs["now", attack]
+        same = all(all(torch.equal(w[k], before[0][2][k]) for k in w) for w in [r[2] for r in before + now])
+        pairs = [n[1] / b[1] for b, n in zip(before, now)]
+        listed = lambda rs, i: ", ".join(f"{r[i]:.0f}" for r in rs)
+        lines.append(f"| {attack} | {listed(before, 0)} | {listed(now, 0)} | {listed(before, 1)} | {listed(now, 1)} | {float(np.median(pairs)):.2f}× "
+                     f"({', '.join(f'{p:.2f}' for p in pairs)}) | {max(r[1] for r in now) / max(r[1] for r in before):.2f}× | {'yes' if same else 'NO'} |")
+    lines += ["", f"The parts of a step, CPU µs per env step unless said otherwise, the fastest of {args.repeats} (throughput.py's copy of the rollout "
+              f"loop, {args.profile_steps} env steps, then 10 epochs of minibatch updates on the batch it collected):", ""]
+    for attack in attacks:
+        fastest = {v: {k: min(p[k] for p in parts[v, attack]) for k in parts[v, attack][0]} for v in versions}
+        lines += [f"| {attack}: part | before ({args.against}), µs | now, µs | speed-up |", "|---|---|---|---|"]
+        lines += [f"| {k} | {fastest[args.against][k]:.0f} | {fastest['now'][k]:.0f} | {fastest[args.against][k] / fastest['now'][k]:.2f}× |" for k in fastest["now"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     mujoco.set_mju_user_warning(print_mujoco_warning)
@@ -367,6 +528,13 @@ if __name__ == "__main__":
     if args.repeats < 1:
         raise SystemExit(f"error: --repeats must be >= 1, got {args.repeats}")
     torch.set_num_threads(1)
+    if args.learned:
+        print(f"learned attacks: learned_attack.py now and at {args.against}, in turn", flush=True)
+        report = learned(args)
+        print("\n" + report)
+        write_section(args.output, "throughput.py --learned", report, new_file_head="# Benchmarks\n")
+        print(f"wrote {args.output}")
+        raise SystemExit(0)
     if args.profile:
         print(f"profile: {args.env_id}, the current code and {args.reference}'s, in turn", flush=True)
         report = profile(args)

@@ -159,13 +159,23 @@ def base_scripts(tmp_path_factory):
     return where
 
 
+def all_scalars(run_dir):
+    """{(run, tag): [(step, value), ...]} of every TensorBoard run under run_dir (--grid writes one per setting)."""
+    found = {}
+    for root, _, files in sorted(os.walk(run_dir)):
+        if any(f.startswith("events.out.tfevents") for f in files):
+            found.update({(os.path.relpath(root, run_dir), tag): v for tag, v in read_scalars(root).items()})
+    return found
+
+
 @pytest.mark.parametrize("name, flags", [
     ("sarl", ["--total-timesteps", "256", "--eval-at", "128", "256", "--eval-episodes", "2"]),  # with a budget curve
     ("paad", ["--grid", "--grid-learning-rates", "1e-3", "3e-3", "--grid-episodes", "2", "--actor-steps", "5"]),  # with a grid
 ])
 def test_same_adversary_bit_for_bit_as_the_two_scripts_it_replaces(name, flags, base_scripts, tiny_spo_checkpoint, tmp_path):
     """learned_attack.py draws the same random numbers as sarl_attack.py / paad_attack.py did for the same seed and
-    flags: the same weights, the same record, the same format."""
+    flags: the same weights, the same record, the same format, the same logged returns and losses. Its speed-ups
+    (issue 24: the actor, the reward normaliser, the update's bookkeeping, the env's dropped info) are held to this."""
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
     run_script(base_scripts / f"{name}_attack.py", victim, *TINY_ADV, *flags, "--output", tmp_path / "before.pt",
                "--run-dir", tmp_path / "tb_before")
@@ -183,6 +193,12 @@ def test_same_adversary_bit_for_bit_as_the_two_scripts_it_replaces(name, flags, 
     assert len(before["curve"]) == (2 if name == "sarl" else 0) and len(before["grid"]) == (2 if name == "paad" else 0)
     where = {"exp_name", "output", "run_dir"}  # the script's name and where this test wrote
     assert {k: v for k, v in before["args"].items() if k not in where} == {k: v for k, v in after["args"].items() if k not in where}
+    logged_before, logged_after = all_scalars(tmp_path / "tb_before"), all_scalars(tmp_path / "tb_after")
+    assert set(logged_before) == set(logged_after)
+    assert any(tag == "charts/victim_episodic_return" for _, tag in logged_before)  # the runs crossed an episode end
+    for key, values in logged_before.items():  # every scalar but the timing, bit for bit
+        if key[1] != "charts/SPS":
+            assert logged_after[key] == values, key
 
 
 def random_victim_and_adversaries(seed):

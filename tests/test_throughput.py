@@ -164,3 +164,28 @@ def test_throughput_profile_times_every_part_of_both_versions():
             assert len(parts) == 10 and all(np.isfinite(v) and v > 0 for v in parts.values()), parts
     finally:
         shutil.rmtree(code_dir)
+
+
+def test_throughput_learned_times_every_part_of_both_versions(tiny_spo_checkpoint):
+    """`throughput.py --learned` imports learned_attack.py of --against's commit with that commit's attacks, evaluate and
+    spo_ppo (not the current ones) and times each part of a step of both versions."""
+    import shutil
+
+    import throughput
+    import evaluate
+
+    try:
+        code_dir, _ = throughput.reference_code(throughput.LEARNED_REFERENCE, throughput.python_files(throughput.LEARNED_REFERENCE))
+    except SystemExit as e:
+        pytest.skip(str(e))
+    try:
+        victim, ckpt = evaluate.load_checkpoint(str(tiny_spo_checkpoint))
+        for directory, before in ((str(code_dir), True), (REPO, False)):
+            code, spo = throughput.import_learned(directory)
+            assert all(os.path.dirname(m.__file__) == directory for m in (code, code.attacks, code.evaluate, spo))
+            for attack in ("sarl", "paad"):
+                parts = throughput.learned_parts(code, spo, attack, victim, ckpt, 512, before)
+                assert len(parts) == 8 and all(np.isfinite(v) and v > 0 for v in parts.values()), parts
+        assert sys.modules["evaluate"] is evaluate  # this process's modules are back in place
+    finally:
+        shutil.rmtree(code_dir)
