@@ -1,5 +1,7 @@
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -7,6 +9,11 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--total-timesteps", "128", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2"]
+# four updates of 64 steps, seed 3: the SPO run the robust scripts must repeat bit for bit when their terms vanish
+RUN = ["--total-timesteps", "256", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2", "--seed", "3"]
+# the flags of each script's tiny run (tiny_run): what its smoke test checks besides TINY
+TINY_FLAGS = {"spo_ppo.py": ["--save-every", "1"], "arpo_ppo.py": ["--eps-warmup", "0.5"], "barpo_ppo.py": ["--eps-warmup", "0.5"],
+              "sappo_ppo.py": [], "radial_ppo.py": [], "wocar_ppo.py": ["--save-every", "1"]}
 
 
 def run_script(script, *args, check=True, timeout=300):
@@ -67,9 +74,49 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def built_once(tmp_path_factory, name, build):
+    """The directory `name`, filled by build(directory) once per test session. Under pytest-xdist the workers share it:
+    the first to ask builds it while the others wait on a lock (the pattern of xdist's docs), so a run that many tests
+    read is trained once, not once per worker. Tests must not write into it (they copy it first)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory, above the workers' own
+    shared = root / "shared"
+    shared.mkdir(exist_ok=True)
+    directory = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / f"{name}.built").exists():
+            shutil.rmtree(directory, ignore_errors=True)  # a build that failed in another worker starts over
+            directory.mkdir()
+            build(directory)
+            (shared / f"{name}.built").touch()
+    return directory
+
+
 @pytest.fixture(scope="session")
-def tiny_spo_checkpoint(tmp_path_factory):
+def tiny_run(tmp_path_factory):
+    """tiny_run(script) -> (run_dir, stdout): the script's 128-step Hopper-v5 run (TINY plus TINY_FLAGS[script]), trained
+    once per session and shared by its smoke test, the diagnostics test and the tests that only need some checkpoint."""
+
+    def get(script):
+        def build(directory):
+            proc = run_script(script, *TINY, *TINY_FLAGS[script], "--run-dir", directory / "run")
+            (directory / "stdout.txt").write_text(proc.stdout)
+
+        directory = built_once(tmp_path_factory, "tiny_" + script[: -len(".py")], build)
+        return directory / "run", (directory / "stdout.txt").read_text()
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_spo_checkpoint(tiny_run):
     """A Hopper-v5 SPO checkpoint from a 128-step run, shared by the tests that only need some checkpoint."""
-    run_dir = tmp_path_factory.mktemp("spo") / "run"
-    run_script("spo_ppo.py", *TINY, "--run-dir", run_dir)
-    return run_dir / "agent.pt"
+    return tiny_run("spo_ppo.py")[0] / "agent.pt"
+
+
+@pytest.fixture(scope="session")
+def spo_seed3_run(tmp_path_factory):
+    """spo_ppo.py's run with the flags RUN, trained once per session: the reference of every reduction-to-SPO test."""
+    return built_once(tmp_path_factory, "spo_seed3", lambda d: run_script("spo_ppo.py", *RUN, "--run-dir", d / "run")) / "run"

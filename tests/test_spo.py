@@ -1,18 +1,18 @@
 """spo_ppo.py as a user runs it: smoke run + evaluation, determinism, bad input, checkpoint round trip."""
 import json
+import shutil
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, assert_one_line_error, read_scalars, run_script
+from conftest import TINY, TINY_FLAGS, assert_one_line_error, read_scalars, run_script
 
 
-def test_smoke_train_then_evaluate(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_script("spo_ppo.py", *TINY, "--run-dir", run_dir, "--save-every", "1")
-    assert "iter 2/2" in proc.stdout
+def test_smoke_train_then_evaluate(tiny_run, tmp_path):
+    run_dir, stdout = tiny_run("spo_ppo.py")  # TINY with --save-every 1
+    assert "iter 2/2" in stdout
     ckpt = torch.load(run_dir / "agent.pt", weights_only=True)
     assert ckpt["env_id"] == "Hopper-v5" and ckpt["global_step"] == 128 and ckpt["obs_shape"] == [11]
     assert ckpt["obs_rms"]["count"] > 64  # the normaliser saw the rollout
@@ -36,13 +36,14 @@ def test_smoke_train_then_evaluate(tmp_path):
     assert "| natural |" in proc.stdout
 
 
-def test_same_seed_same_first_iteration(tmp_path):
-    def first_iteration(run):
-        run_script("spo_ppo.py", *TINY, "--seed", "7", "--run-dir", tmp_path / run)
-        s = read_scalars(str(tmp_path / run))
+def test_same_seed_same_first_iteration(tiny_run, tmp_path):
+    def first_iteration(run_dir):
+        s = read_scalars(str(run_dir))
         return [s[tag][0][1] for tag in ["losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/entropy"]]
 
-    a, b = first_iteration("a"), first_iteration("b")
+    # the session's tiny run (the default seed 1, trained in another process) and a second one with the same flags
+    run_script("spo_ppo.py", *TINY, *TINY_FLAGS["spo_ppo.py"], "--run-dir", tmp_path / "b")
+    a, b = first_iteration(tiny_run("spo_ppo.py")[0]), first_iteration(tmp_path / "b")
     assert a == b
     run_script("spo_ppo.py", *TINY, "--seed", "8", "--run-dir", tmp_path / "c")
     c = read_scalars(str(tmp_path / "c"))["losses/value_loss"][0][1]
@@ -148,14 +149,14 @@ TRAINING_SCRIPTS = ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py",
 
 
 @pytest.mark.parametrize("script", TRAINING_SCRIPTS)
-def test_every_training_script_logs_action_spread_and_input_sensitivity(script, tmp_path):
+def test_every_training_script_logs_action_spread_and_input_sensitivity(script, tiny_run):
     """Collapse to a constant action must be visible while it happens: both diagnostics every iteration, in
     TensorBoard and on the progress line, next to the adversary's epsilon in the robust scripts."""
-    proc = run_script(script, *TINY, "--run-dir", tmp_path / "r")
-    scalars = read_scalars(str(tmp_path / "r"))
+    run_dir, stdout = tiny_run(script)
+    scalars = read_scalars(str(run_dir))
     for tag in ("policy/action_spread", "policy/input_sensitivity"):
         assert len(scalars[tag]) == 2 and all(np.isfinite(v) and v > 0 for _, v in scalars[tag]), tag
-    last = [line for line in proc.stdout.splitlines() if line.startswith("iter 2/2")][0]
+    last = [line for line in stdout.splitlines() if line.startswith("iter 2/2")][0]
     assert " spread " in last and " |dmu/ds| " in last and (script == "spo_ppo.py" or " eps " in last)
 
 
@@ -212,9 +213,9 @@ def test_authors_ppo_flags_train_and_change_the_run(tmp_path):
     assert_one_line_error(proc, "--max-grad-norm")
 
 
-def test_resume_accepts_a_checkpoint_from_before_a_flag_existed(tmp_path):
+def test_resume_accepts_a_checkpoint_from_before_a_flag_existed(tiny_run, tmp_path):
     """A long run resumes across code changes that add flags: a flag missing from the checkpoint counts as at its default."""
-    run_script("spo_ppo.py", *TINY, "--run-dir", tmp_path / "r", "--save-every", "1")
+    shutil.copytree(tiny_run("spo_ppo.py")[0], tmp_path / "r")  # TINY with --save-every 1
     ckpt = torch.load(tmp_path / "r" / "agent.pt", weights_only=True)
     del ckpt["args"]["value_first"]
     ckpt["iteration"] = 1
