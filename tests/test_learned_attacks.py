@@ -307,8 +307,8 @@ def test_stalled_needs_patience_windows_without_a_real_drop():
 @pytest.mark.parametrize("name", ["sarl", "paad"])
 def test_early_stop_stops_and_records_where(name, tiny_spo_checkpoint, tmp_path):
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
-    # a drop of 1e9 x the first window never counts: the run stops after patience + 1 windows of >= 128 steps
-    proc = run_script("learned_attack.py", name, victim, *TINY_ADV, "--total-timesteps", "1280", "--early-stop-window", "128",
+    # a drop of 1e9 x the first window never counts: the run stops after patience + 1 windows of >= 128 steps, at 256 of 384
+    proc = run_script("learned_attack.py", name, victim, *TINY_ADV, "--total-timesteps", "384", "--early-stop-window", "128",
                       "--early-stop-patience", "1", "--early-stop-min-drop", "1e9", "--run-dir", tmp_path / "tb")
     adv = torch.load(victim.parent / f"{name}_eps0.075.pt", weights_only=True)
     assert adv["early_stop_step"] == adv["global_step"] == 256 and len(adv["early_stop_window_means"]) == 2
@@ -316,10 +316,10 @@ def test_early_stop_stops_and_records_where(name, tiny_spo_checkpoint, tmp_path)
     means = adv["early_stop_window_means"]  # the adversary saved is the one of the window with the lowest victim return
     assert adv["kept_step"] == 128 * (1 + means.index(min(means)))
     # without the early stop (window 0) the same flags train the whole budget (replacing the first adversary: --overwrite)
-    run_script("learned_attack.py", name, victim, *TINY_ADV, "--total-timesteps", "1280", "--early-stop-window", "0",
+    run_script("learned_attack.py", name, victim, *TINY_ADV, "--total-timesteps", "384", "--early-stop-window", "0",
                "--early-stop-patience", "1", "--early-stop-min-drop", "1e9", "--overwrite", "--run-dir", tmp_path / "tb0")
     adv = torch.load(victim.parent / f"{name}_eps0.075.pt", weights_only=True)
-    assert adv["early_stop_step"] is None and adv["global_step"] == adv["kept_step"] == 1280
+    assert adv["early_stop_step"] is None and adv["global_step"] == adv["kept_step"] == 384
 
 
 @pytest.mark.parametrize("name", ["sarl", "paad"])
