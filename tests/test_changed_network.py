@@ -12,6 +12,7 @@ from conftest import REPO, TINY, assert_one_line_error, run_script
 ACTOR = """            layer_init(nn.Linear(hidden_size, hidden_size)),
             nn.Tanh(),
             layer_init(nn.Linear(hidden_size, act_dim), std=0.01),"""
+pytestmark = pytest.mark.xdist_group("relu_barpo")  # both tests read the module's one trained checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,14 @@ def copy_victim(checkpoint, directory):
 
 @pytest.fixture(scope="module")
 def trained_victim(tmp_path_factory, tiny_spo_checkpoint):
-    """A victim with a tiny-budget SA-RL adversary and PA-AD director next to it."""
+    """A victim with a tiny-budget SA-RL adversary and PA-AD director next to it (its tests are in one xdist_group)."""
     victim = copy_victim(tiny_spo_checkpoint, tmp_path_factory.mktemp("learned") / "victim")
     for name in ATTACKS:
         run_script("learned_attack.py", name, victim, *TINY_ADV, "--run-dir", victim.parent / f"tb_{name}")
     return victim
 
 
+@pytest.mark.xdist_group("trained_victim")
 @pytest.mark.parametrize("name", ["sarl", "paad"])
 def test_smoke_run_writes_a_self_describing_adversary(trained_victim, name):
     adv = torch.load(trained_victim.parent / f"{name}_eps0.075.pt", weights_only=True)
@@ -56,6 +57,7 @@ def test_smoke_run_writes_a_self_describing_adversary(trained_victim, name):
         assert len(scalars[tag]) >= 1, tag
 
 
+@pytest.mark.xdist_group("trained_victim")
 def test_evaluate_reports_learned_attacks_and_worst_case_over_all(trained_victim, tmp_path):
     out = tmp_path / "eval.json"
     # paad first: each attack's closure must keep its own adversary's arguments whatever the order
@@ -93,6 +95,7 @@ def test_all_without_adversaries_notes_and_explicit_request_is_an_error(tiny_spo
         assert_one_line_error(proc, name, f"learned_attack.py {name}", "--train-learned")
 
 
+@pytest.mark.xdist_group("trained_victim")
 def test_stale_adversary_is_ignored(trained_victim, tmp_path):
     victim = copy_victim(trained_victim, tmp_path / "victim")
     shutil.copy(trained_victim.parent / "sarl_eps0.075.pt", victim.parent)

@@ -71,6 +71,7 @@ def paired_runs(reference_code, tmp_path_factory):
     return out
 
 
+@pytest.mark.xdist_group("paired_runs")  # one worker builds the 16 runs, not each
 @pytest.mark.parametrize("name", list(RUNS))
 def test_seeded_run_is_bit_identical_to_the_reference_code(name, paired_runs):
     reference, current = paired_runs / f"{name}_reference", paired_runs / f"{name}_current"
