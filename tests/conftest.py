@@ -1,9 +1,14 @@
+import atexit
 import fcntl
 import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 
@@ -26,6 +31,69 @@ def run_script(script, *args, check=True, timeout=300):
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+class Launcher:
+    """The client of tests/launcher.py: one per test process, started at its first use, ended at exit. A refused run
+    costs little but the ~2 s of importing torch, gymnasium and mujoco; the launcher pays them once per worker."""
+
+    def __init__(self):
+        self.server, self.env, self.buffer = None, None, b""
+
+    def line(self, deadline):
+        """The server's next reply line, or None at the deadline."""
+        while b"\n" not in self.buffer:
+            ready, _, _ = select.select([self.server.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return None
+            chunk = os.read(self.server.stdout.fileno(), 4096)
+            if not chunk:
+                raise RuntimeError(f"tests/launcher.py ended (exit code {self.server.wait()})")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()
+
+    def run(self, argv, env, timeout):
+        if self.server is not None and env != self.env:  # it read its environment at its start: a fresh one for another
+            self.close()
+        if self.server is None:
+            self.server = subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "launcher.py")], cwd=REPO, env=env,
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self.env, self.buffer = env, b""
+        with tempfile.TemporaryDirectory() as out:
+            paths = {name: os.path.join(out, name) for name in ("stdout", "stderr")}
+            request = {"script": argv[0], "args": argv[1:], "cwd": REPO, "env": env, **paths}
+            self.server.stdin.write((json.dumps(request) + "\n").encode())
+            self.server.stdin.flush()
+            deadline = time.monotonic() + timeout + 60  # the first request waits for the server's imports
+            pid = self.line(deadline)
+            deadline = min(deadline, time.monotonic() + timeout)
+            returncode = self.line(deadline)
+            if returncode is None:
+                os.kill(int(pid), signal.SIGKILL)
+                self.line(time.monotonic() + 60)
+                raise subprocess.TimeoutExpired([sys.executable, *argv], timeout)
+            with open(paths["stdout"]) as stdout, open(paths["stderr"]) as stderr:
+                return subprocess.CompletedProcess([sys.executable, *argv], int(returncode), stdout.read(), stderr.read())
+
+    def close(self):
+        if self.server is not None:
+            self.server.stdin.close()  # EOF: the server exits
+            self.server.wait()
+            self.server = None
+
+
+LAUNCHER = Launcher()
+atexit.register(LAUNCHER.close)
+
+
+def refused(script, *args, timeout=120):
+    """Run a script whose input must be refused before any work, as run_script(check=False) does, but in a forked child
+    of tests/launcher.py (see its docstring: the same process, argv, cwd, environment and exit) instead of a fresh
+    interpreter; returns the CompletedProcess. Runs that train or evaluate, or whose output is compared with another
+    run's, use run_script: a fresh interpreter each, as a user starts them."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return LAUNCHER.run([os.path.join(REPO, script), *map(str, args)], env, timeout)
 
 
 def assert_one_line_error(proc, *fragments):

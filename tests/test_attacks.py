@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import attacks
-from conftest import assert_one_line_error, run_script
+from conftest import assert_one_line_error, refused, run_script
 from spo_ppo import Agent
 
 
@@ -204,9 +204,9 @@ def test_default_output_name_says_which_attacks_ran(tiny_spo_checkpoint, tmp_pat
 
 
 def test_evaluate_bad_attack_and_bad_eps(tiny_spo_checkpoint):
-    assert_one_line_error(run_script("evaluate.py", tiny_spo_checkpoint, "--attacks", "fgsm", check=False), "fgsm")
-    assert_one_line_error(run_script("evaluate.py", tiny_spo_checkpoint, "--epsilon", "-0.1", check=False), "epsilon")
-    assert_one_line_error(run_script("evaluate.py", tiny_spo_checkpoint, "--mad-betas", "1,-1", check=False), "mad-betas")
+    assert_one_line_error(refused("evaluate.py", tiny_spo_checkpoint, "--attacks", "fgsm"), "fgsm")
+    assert_one_line_error(refused("evaluate.py", tiny_spo_checkpoint, "--epsilon", "-0.1"), "epsilon")
+    assert_one_line_error(refused("evaluate.py", tiny_spo_checkpoint, "--mad-betas", "1,-1"), "mad-betas")
 
 
 def test_capture_video_records_or_says_what_to_install(tiny_spo_checkpoint, tmp_path):

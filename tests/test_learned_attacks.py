@@ -15,7 +15,7 @@ import torch.nn as nn
 
 import attacks
 import learned_attack
-from conftest import REPO, TINY, assert_one_line_error, read_scalars, run_script
+from conftest import REPO, TINY, assert_one_line_error, read_scalars, refused, run_script
 from spo_ppo import Agent
 
 # one iteration of 2 sub-envs x 64 steps
@@ -91,7 +91,7 @@ def test_all_without_adversaries_notes_and_explicit_request_is_an_error(tiny_spo
     assert f"note: skipping sarl" in proc.stdout and f"python learned_attack.py sarl {victim} --epsilon 0.075" in proc.stdout
     assert f"note: skipping paad" in proc.stdout and "python learned_attack.py paad" in proc.stdout
     for name in ATTACKS:
-        proc = run_script("evaluate.py", victim, "--attacks", name, "--num-episodes", "2", check=False)
+        proc = refused("evaluate.py", victim, "--attacks", name, "--num-episodes", "2")
         assert_one_line_error(proc, name, f"learned_attack.py {name}", "--train-learned")
 
 
@@ -104,9 +104,9 @@ def test_stale_adversary_is_ignored(trained_victim, tmp_path):
     ckpt = torch.load(victim, weights_only=True)
     ckpt["global_step"] += 1  # another version of the victim
     torch.save(ckpt, victim)
-    proc = run_script("evaluate.py", victim, "--attacks", "sarl", "--num-episodes", "2", check=False)
+    proc = refused("evaluate.py", victim, "--attacks", "sarl", "--num-episodes", "2")
     assert_one_line_error(proc, "sha1")
-    proc = run_script("evaluate.py", victim, "--attacks", "sarl", "--epsilon", "0.05", "--num-episodes", "2", check=False)
+    proc = refused("evaluate.py", victim, "--attacks", "sarl", "--epsilon", "0.05", "--num-episodes", "2")
     assert_one_line_error(proc, "no sarl_eps0.05.pt")  # an adversary is specific to its eps
 
 
@@ -132,8 +132,8 @@ def test_train_learned_trains_the_missing_adversaries_in_a_subprocess(tiny_spo_c
 
 def test_train_learned_stops_with_the_trainers_one_error_line(tiny_spo_checkpoint, tmp_path):
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
-    proc = run_script("evaluate.py", victim, "--attacks", "paad", "--num-episodes", "2", "--train-learned",
-                      "--learned-args=--gamma 5", "--output", tmp_path / "eval.json", check=False)
+    proc = refused("evaluate.py", victim, "--attacks", "paad", "--num-episodes", "2", "--train-learned",
+                   "--learned-args=--gamma 5", "--output", tmp_path / "eval.json")
     assert_one_line_error(proc, "--gamma")
     assert sorted(p.name for p in victim.parent.iterdir()) == ["agent.pt"] and not (tmp_path / "eval.json").exists()
 
@@ -256,12 +256,12 @@ def test_paad_actor_moves_the_action_along_the_direction_more_than_random(seed):
 @pytest.mark.parametrize("name", ["sarl", "paad"])
 def test_bad_input_is_one_line_error(name, tiny_spo_checkpoint, tmp_path):
     script = ("learned_attack.py", name)
-    assert_one_line_error(run_script(*script, tmp_path / "nope.pt", *TINY_ADV, check=False), "does not exist")
+    assert_one_line_error(refused(*script, tmp_path / "nope.pt", *TINY_ADV), "does not exist")
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
-    assert_one_line_error(run_script(*script, victim, "--env-id", "Walker2d-v5", *TINY_ADV, check=False), "Hopper-v5", "Walker2d-v5")
-    assert_one_line_error(run_script(*script, victim, "--epsilon", "-0.1", *TINY_ADV, check=False), "epsilon")
+    assert_one_line_error(refused(*script, victim, "--env-id", "Walker2d-v5", *TINY_ADV), "Hopper-v5", "Walker2d-v5")
+    assert_one_line_error(refused(*script, victim, "--epsilon", "-0.1", *TINY_ADV), "epsilon")
     if name == "sarl":  # PA-AD's actor flags are not SA-RL's: refused, not ignored
-        assert run_script(*script, victim, "--actor-steps", "3", *TINY_ADV, check=False).returncode != 0
+        assert refused(*script, victim, "--actor-steps", "3", *TINY_ADV).returncode != 0
     assert not list(victim.parent.glob(f"{name}_*"))  # nothing written
 
 
@@ -293,7 +293,7 @@ def test_budget_flags_out_of_range_are_one_line_errors(name, tiny_spo_checkpoint
         (["--eval-at", "0"], "--eval-at"),
     ]
     for flags, fragment in bad:
-        proc = run_script("learned_attack.py", name, victim, *TINY_ADV, *flags, check=False)
+        proc = refused("learned_attack.py", name, victim, *TINY_ADV, *flags)
         assert_one_line_error(proc, fragment)
     assert not list(victim.parent.glob(f"{name}_*"))  # nothing written
 

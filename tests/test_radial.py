@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import attacks
-from conftest import RUN, TINY, assert_one_line_error, read_scalars, run_script
+from conftest import RUN, TINY, assert_one_line_error, read_scalars, refused, run_script
 from radial_ppo import LogLikelihoodBounds, radial_epsilon
 from spo_ppo import Agent
 
@@ -197,7 +197,7 @@ def test_hand_written_gradient_matches_autograd(seed, eps):
     (["--eps-ramp-start", "0.8", "--eps-ramp-end", "0.5"], "--eps-ramp-start"),
 ])
 def test_bad_flags_are_one_line_errors(flags, fragment, tmp_path):
-    proc = run_script("radial_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "x", check=False)
+    proc = refused("radial_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "x")
     assert_one_line_error(proc, fragment)
     assert not (tmp_path / "x").exists()
 

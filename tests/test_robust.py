@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import attacks
-from conftest import RUN, TINY, assert_one_line_error, read_scalars, run_script
+from conftest import RUN, TINY, assert_one_line_error, read_scalars, refused, run_script
 from spo_ppo import Agent, clipped_surrogate
 
 
@@ -157,7 +157,7 @@ def test_barpo_inner_is_sappo_sgld_in_the_authors_units(seed):
 @pytest.mark.parametrize("script", ["arpo_ppo.py", "barpo_ppo.py"])
 @pytest.mark.parametrize("flag", ["--epsilon", "--kappa"])
 def test_negative_epsilon_or_kappa_is_one_line_error(script, flag, tmp_path):
-    proc = run_script(script, *TINY, flag, "-0.5", "--run-dir", tmp_path / "x", check=False)
+    proc = refused(script, *TINY, flag, "-0.5", "--run-dir", tmp_path / "x")
     assert_one_line_error(proc, flag)
     assert not (tmp_path / "x").exists()
 
@@ -201,7 +201,7 @@ def test_mlp_input_grad_falls_back_to_autograd_for_other_actors():
 @pytest.mark.parametrize("script,algo_flag", [("arpo_ppo.py", ["--soft-worst-case-lambda", "0"]), ("barpo_ppo.py", ["--inner-beta", "-1"])])
 def test_other_bad_flags_are_one_line_errors(script, algo_flag, tmp_path):
     for flags in (algo_flag, ["--inner-step-size", "0"], ["--num-minibatches", "0"], ["--num-minibatches", "3"], ["--update-epochs", "0"]):
-        proc = run_script(script, *TINY, *flags, "--run-dir", tmp_path / "x", check=False)
+        proc = refused(script, *TINY, *flags, "--run-dir", tmp_path / "x")
         assert_one_line_error(proc, flags[0] if flags[0] != "--num-minibatches" or flags[1] == "0" else "divide")
     assert not (tmp_path / "x").exists()
 
@@ -209,9 +209,9 @@ def test_other_bad_flags_are_one_line_errors(script, algo_flag, tmp_path):
 def test_resume_refuses_another_algorithm_or_other_arguments(tiny_run, tmp_path):
     shutil.copytree(tiny_run("spo_ppo.py")[0], tmp_path / "r")  # a finished SPO run of TINY (--save-every is not compared)
     before = (tmp_path / "r" / "agent.pt").read_bytes()
-    assert_one_line_error(run_script("barpo_ppo.py", *TINY, "--run-dir", tmp_path / "r", "--resume", check=False), "spo run")
-    assert_one_line_error(run_script("spo_ppo.py", *TINY, "--learning-rate", "1e-3", "--run-dir", tmp_path / "r", "--resume", check=False), "learning_rate")
-    assert_one_line_error(run_script("spo_ppo.py", *TINY, "--resume", check=False), "--run-dir")
+    assert_one_line_error(refused("barpo_ppo.py", *TINY, "--run-dir", tmp_path / "r", "--resume"), "spo run")
+    assert_one_line_error(refused("spo_ppo.py", *TINY, "--learning-rate", "1e-3", "--run-dir", tmp_path / "r", "--resume"), "learning_rate")
+    assert_one_line_error(refused("spo_ppo.py", *TINY, "--resume"), "--run-dir")
     assert (tmp_path / "r" / "agent.pt").read_bytes() == before
 
 

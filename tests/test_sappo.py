@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import attacks
-from conftest import RUN, TINY, assert_one_line_error, read_scalars, run_script
+from conftest import RUN, TINY, assert_one_line_error, read_scalars, refused, run_script
 from sappo_ppo import sa_regulariser
 from spo_ppo import Agent
 
@@ -199,7 +199,7 @@ def test_regulariser_gradient_raises_log_std_unless_detached(method):
 def test_bad_flags_are_one_line_errors(tmp_path):
     for flags, fragment in [(["--method", "crown"], "--method"), (["--convex-bound", "crown"], "--convex-bound"), (["--kappa", "-1"], "--kappa"), (["--inner-beta", "-1"], "--inner-beta"),
                             (["--eps-warmup", "1.5"], "--eps-warmup"), (["--env-id", "Pendulum-v1", "--kappa", "1"], "--epsilon")]:
-        proc = run_script("sappo_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "x", check=False)
+        proc = refused("sappo_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "x")
         assert_one_line_error(proc, fragment)
     assert not (tmp_path / "x").exists()
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, TINY_FLAGS, assert_one_line_error, read_scalars, run_script
+from conftest import TINY, TINY_FLAGS, assert_one_line_error, read_scalars, refused, run_script
 
 
 def test_smoke_train_then_evaluate(tiny_run, tmp_path):
@@ -51,31 +51,31 @@ def test_same_seed_same_first_iteration(tiny_run, tmp_path):
 
 
 def test_unknown_env_id_is_one_line_error(tmp_path):
-    proc = run_script("spo_ppo.py", "--env-id", "NoSuchEnv-v0", "--run-dir", tmp_path / "x", check=False)
+    proc = refused("spo_ppo.py", "--env-id", "NoSuchEnv-v0", "--run-dir", tmp_path / "x")
     assert_one_line_error(proc, "NoSuchEnv-v0")
     assert not (tmp_path / "x").exists()
 
 
 def test_existing_checkpoint_is_not_overwritten(tiny_spo_checkpoint):
     before = tiny_spo_checkpoint.read_bytes()
-    proc = run_script("spo_ppo.py", *TINY, "--run-dir", tiny_spo_checkpoint.parent, check=False)
+    proc = refused("spo_ppo.py", *TINY, "--run-dir", tiny_spo_checkpoint.parent)
     assert_one_line_error(proc, "already exists")
     assert tiny_spo_checkpoint.read_bytes() == before
 
 
 def test_evaluate_missing_checkpoint(tmp_path):
-    proc = run_script("evaluate.py", tmp_path / "nope.pt", check=False)
+    proc = refused("evaluate.py", tmp_path / "nope.pt")
     assert_one_line_error(proc, "does not exist")
 
 
 def test_evaluate_refuses_other_env_and_other_obs_size(tiny_spo_checkpoint, tmp_path):
-    proc = run_script("evaluate.py", tiny_spo_checkpoint, "--env-id", "Walker2d-v5", check=False)
+    proc = refused("evaluate.py", tiny_spo_checkpoint, "--env-id", "Walker2d-v5")
     assert_one_line_error(proc, "Hopper-v5", "Walker2d-v5")
     # a checkpoint that claims Walker2d but holds an 11-d Hopper policy: the obs size check must catch it
     ckpt = torch.load(tiny_spo_checkpoint, weights_only=True)
     ckpt["env_id"] = "Walker2d-v5"
     torch.save(ckpt, tmp_path / "doctored.pt")
-    proc = run_script("evaluate.py", tmp_path / "doctored.pt", check=False)
+    proc = refused("evaluate.py", tmp_path / "doctored.pt")
     assert_one_line_error(proc, "[11]", "[17]")
 
 
@@ -209,7 +209,7 @@ def test_authors_ppo_flags_train_and_change_the_run(tmp_path):
         assert not torch.equal(weights[name]["actor_mean.0.weight"], weights["cleanrl"]["actor_mean.0.weight"]), name
     lrs = [v for _, v in read_scalars(str(tmp_path / "no_anneal"))["charts/learning_rate"]]
     assert lrs == pytest.approx([3e-4] * 4)
-    proc = run_script("spo_ppo.py", *base, "--max-grad-norm", "-1", "--run-dir", tmp_path / "bad", check=False)
+    proc = refused("spo_ppo.py", *base, "--max-grad-norm", "-1", "--run-dir", tmp_path / "bad")
     assert_one_line_error(proc, "--max-grad-norm")
 
 
@@ -222,5 +222,5 @@ def test_resume_accepts_a_checkpoint_from_before_a_flag_existed(tiny_run, tmp_pa
     torch.save(ckpt, tmp_path / "r" / "agent.pt")
     proc = run_script("spo_ppo.py", *TINY, "--run-dir", tmp_path / "r", "--resume")
     assert "resuming" in proc.stdout and "iter 2/2" in proc.stdout
-    proc = run_script("spo_ppo.py", *TINY, "--value-first", "--run-dir", tmp_path / "r", "--resume", check=False)
+    proc = refused("spo_ppo.py", *TINY, "--value-first", "--run-dir", tmp_path / "r", "--resume")
     assert_one_line_error(proc, "value_first")

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import attacks
-from conftest import RUN, TINY, assert_one_line_error, read_scalars, run_script
+from conftest import RUN, TINY, assert_one_line_error, read_scalars, refused, run_script
 from wocar_ppo import Agent, layer_init, q_weight_at, sgld_regulariser, worst_action, worst_attack_q_update
 
 
@@ -93,7 +93,7 @@ def test_kappa0_qweight0_repeats_the_whole_spo_run(spo_seed3_run, tmp_path):
     (["--env-id", "Swimmer-v5"], "no default --epsilon"),
 ])
 def test_bad_flags_are_one_line_errors(flags, fragment, tmp_path):
-    proc = run_script("wocar_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "x", check=False)
+    proc = refused("wocar_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "x")
     assert_one_line_error(proc, fragment)
     assert not (tmp_path / "x").exists()
 
