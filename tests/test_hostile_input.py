@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import REPO, TINY, assert_one_line_error, read_scalars, refused, run_script
+from conftest import REPO, RUN, TINY, assert_one_line_error, read_scalars, refused, run_script
 
 COMMITTED = os.path.join(REPO, "results", "quick", "Hopper-v5", "spo", "s1")  # an exported agent with its adversaries
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "results", "quick", "Hopper-v5", "spo", "s1")  # a 128-step agent, same layout
@@ -114,14 +114,14 @@ def test_export_drops_the_episodes_of_a_start_that_a_resume_threw_away(tmp_path)
     assert [int(r.split(",")[0]) for r in rows] == [10, 70, 120, 140, 200, 250]
 
 
-def test_resume_marks_its_restart_so_the_logs_hold_only_the_kept_run(tmp_path):
+def test_resume_marks_its_restart_so_the_logs_hold_only_the_kept_run(spo_seed3_run, tmp_path):
     run_dir = tmp_path / "r"
-    run_script("spo_ppo.py", *TINY, "--total-timesteps", "256", "--run-dir", run_dir)
+    shutil.copytree(spo_seed3_run, run_dir)  # a finished run of RUN: 4 updates of 64 steps
     first = [s for s, _ in read_scalars(str(run_dir))["charts/episodic_return"]]
     ckpt = torch.load(run_dir / "agent.pt", weights_only=True)
     ckpt["iteration"], ckpt["global_step"] = 2, 128  # as if the last checkpoint had been written at step 128
     torch.save(ckpt, run_dir / "agent.pt")
-    assert "resuming" in run_script("spo_ppo.py", *TINY, "--total-timesteps", "256", "--run-dir", run_dir, "--resume").stdout
+    assert "resuming" in run_script("spo_ppo.py", *RUN, "--run-dir", run_dir, "--resume").stdout
     steps = [s for s, _ in read_scalars(str(run_dir))["charts/episodic_return"]]
     assert max(first) > 128 and steps == sorted(steps)
     assert [s for s in steps if s <= 128] == [s for s in first if s <= 128]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, TINY_FLAGS, assert_one_line_error, read_scalars, refused, run_script
+from conftest import RUN, TINY, TINY_FLAGS, assert_one_line_error, read_scalars, refused, run_script
 
 
 def test_smoke_train_then_evaluate(tiny_run, tmp_path):
@@ -197,19 +197,17 @@ def test_adam_with_two_groups_steps_only_the_group_that_has_gradients():
     assert all(p not in optimizer.state or not optimizer.state[p] for p in agent.actor_mean.parameters())
 
 
-def test_authors_ppo_flags_train_and_change_the_run(tmp_path):
+def test_authors_ppo_flags_train_and_change_the_run(spo_seed3_run, tmp_path):
     """--value-first, --max-grad-norm 0 and --no-anneal-lr are the robust-RL authors' PPO; each must change the run."""
-    base = ["--total-timesteps", "256", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2", "--seed", "2"]
-    weights = {}
-    for name, flags in {"cleanrl": [], "value_first": ["--value-first"], "no_clip": ["--max-grad-norm", "0"],
-                        "no_anneal": ["--no-anneal-lr"]}.items():
-        run_script("spo_ppo.py", *base, *flags, "--run-dir", tmp_path / name)
+    weights = {"cleanrl": torch.load(spo_seed3_run / "agent.pt", weights_only=True)["agent"]}  # RUN without these flags
+    for name, flags in {"value_first": ["--value-first"], "no_clip": ["--max-grad-norm", "0"], "no_anneal": ["--no-anneal-lr"]}.items():
+        run_script("spo_ppo.py", *RUN, *flags, "--run-dir", tmp_path / name)
         weights[name] = torch.load(tmp_path / name / "agent.pt", weights_only=True)["agent"]
     for name in ("value_first", "no_clip", "no_anneal"):
         assert not torch.equal(weights[name]["actor_mean.0.weight"], weights["cleanrl"]["actor_mean.0.weight"]), name
     lrs = [v for _, v in read_scalars(str(tmp_path / "no_anneal"))["charts/learning_rate"]]
     assert lrs == pytest.approx([3e-4] * 4)
-    proc = refused("spo_ppo.py", *base, "--max-grad-norm", "-1", "--run-dir", tmp_path / "bad")
+    proc = refused("spo_ppo.py", *RUN, "--max-grad-norm", "-1", "--run-dir", tmp_path / "bad")
     assert_one_line_error(proc, "--max-grad-norm")
 
 
