@@ -54,12 +54,15 @@ class Launcher:
         return line.decode()
 
     def run(self, argv, env, timeout):
-        if self.server is not None and env != self.env:  # it read its environment at its start: a fresh one for another
+        # the server read its environment at its start: another one needs a fresh server (but for the variable pytest
+        # sets to the current test's name, which only the child sees)
+        startup_env = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}
+        if self.server is not None and startup_env != self.env:
             self.close()
         if self.server is None:
             self.server = subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "launcher.py")], cwd=REPO, env=env,
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            self.env, self.buffer = env, b""
+            self.env, self.buffer = startup_env, b""
         with tempfile.TemporaryDirectory() as out:
             paths = {name: os.path.join(out, name) for name in ("stdout", "stderr")}
             request = {"script": argv[0], "args": argv[1:], "cwd": REPO, "env": env, **paths}

@@ -55,3 +55,14 @@ def test_a_refusal_of_the_scripts_is_the_same_in_both(args, tmp_path):
     fresh, forked = run_script(*args, check=False), refused(*args)
     assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
     assert forked.returncode != 0 and forked.stderr
+
+
+def test_one_server_serves_the_tests_of_a_worker(tmp_path, monkeypatch):
+    """pytest renames PYTEST_CURRENT_TEST for every test: the child sees it, but the server (and its imports) is kept."""
+    import conftest
+
+    (tmp_path / "s.py").write_text("import os\nprint(os.environ['PYTEST_CURRENT_TEST'])\n")
+    refused(tmp_path / "s.py")
+    server = conftest.LAUNCHER.server
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "another test")
+    assert refused(tmp_path / "s.py").stdout == "another test\n" and conftest.LAUNCHER.server is server
