@@ -265,8 +265,8 @@ def eps_curve_root(tmp_path, seeds=(1,)):
 @pytest.mark.parametrize("multiples", [["nan"], ["0", "1e9"]])
 def test_eps_curve_refuses_multiples_that_are_not_a_radius(multiples, tmp_path):
     root = eps_curve_root(tmp_path)
-    proc = run_script("eps_curve.py", "--root", root, "--multiples", *multiples, "--paad-multiples", "--num-episodes", "2",
-                      "--evaluate-args=--rs-steps 400 --rs-epochs 1", "--output", tmp_path / "r.md", "--figures", tmp_path / "fig", check=False)
+    proc = refused("eps_curve.py", "--root", root, "--multiples", *multiples, "--paad-multiples", "--num-episodes", "2",
+                   "--evaluate-args=--rs-steps 400 --rs-epochs 1", "--output", tmp_path / "r.md", "--figures", tmp_path / "fig")
     assert_one_line_error(proc, "--multiples")
     assert sorted(os.listdir(root / "Hopper-v5" / "spo" / "s1")) == ["agent.pt", "eval.json"]
 
@@ -279,8 +279,8 @@ def test_eps_curve_refuses_multiples_that_are_not_a_radius(multiples, tmp_path):
     (["--attacks", "random,bogus"], "bogus"),
 ])
 def test_benchmark_run_refuses_nonsense_in_a_dry_run(flags, fragment, tmp_path):
-    proc = run_script("benchmark.py", "run", "--preset", "none", "--algos", "spo", "--root", tmp_path / "sweep",
-                      "--results", tmp_path / "results", "--dry-run", *flags, check=False)
+    proc = refused("benchmark.py", "run", "--preset", "none", "--algos", "spo", "--root", tmp_path / "sweep",
+                   "--results", tmp_path / "results", "--dry-run", *flags)
     assert_one_line_error(proc, fragment)
 
 
