@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import attacks
-from conftest import assert_one_line_error, run_script
+from conftest import assert_one_line_error, refused, run_script
 from spo_ppo import Agent
 
 
@@ -164,8 +164,11 @@ def test_robust_sarsa_reduces_td_loss():
 
 
 def test_evaluate_all_attacks_table_json_and_rs_cache(tiny_spo_checkpoint, tmp_path):
+    ckpt = tmp_path / "victim" / "agent.pt"  # a copy: the Robust Sarsa cache is written next to the checkpoint
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_spo_checkpoint, ckpt)
     out = tmp_path / "eval.json"
-    cmd = [tiny_spo_checkpoint, "--attacks", "all", "--num-episodes", "3", "--rs-steps", "600", "--rs-epochs", "2", "--output", out]
+    cmd = [ckpt, "--attacks", "all", "--num-episodes", "3", "--rs-steps", "600", "--rs-epochs", "2", "--output", out]
     proc = run_script("evaluate.py", *cmd)
     report = json.loads(out.read_text())
     means = {k: v["mean"] for k, v in report["results"].items()}
@@ -178,7 +181,7 @@ def test_evaluate_all_attacks_table_json_and_rs_cache(tiny_spo_checkpoint, tmp_p
     for name in means:
         assert f"| {name}" in proc.stdout
     assert "worst case" in proc.stdout
-    assert list(tiny_spo_checkpoint.parent.glob("rs_q_*.pt"))
+    assert list(ckpt.parent.glob("rs_q_*.pt"))
     proc = run_script("evaluate.py", *cmd[:-2], "--attacks", "rs", "--output", tmp_path / "again.json")
     assert "reusing" in proc.stdout
 
@@ -201,9 +204,9 @@ def test_default_output_name_says_which_attacks_ran(tiny_spo_checkpoint, tmp_pat
 
 
 def test_evaluate_bad_attack_and_bad_eps(tiny_spo_checkpoint):
-    assert_one_line_error(run_script("evaluate.py", tiny_spo_checkpoint, "--attacks", "fgsm", check=False), "fgsm")
-    assert_one_line_error(run_script("evaluate.py", tiny_spo_checkpoint, "--epsilon", "-0.1", check=False), "epsilon")
-    assert_one_line_error(run_script("evaluate.py", tiny_spo_checkpoint, "--mad-betas", "1,-1", check=False), "mad-betas")
+    assert_one_line_error(refused("evaluate.py", tiny_spo_checkpoint, "--attacks", "fgsm"), "fgsm")
+    assert_one_line_error(refused("evaluate.py", tiny_spo_checkpoint, "--epsilon", "-0.1"), "epsilon")
+    assert_one_line_error(refused("evaluate.py", tiny_spo_checkpoint, "--mad-betas", "1,-1"), "mad-betas")
 
 
 def test_capture_video_records_or_says_what_to_install(tiny_spo_checkpoint, tmp_path):

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, run_script, write_eval
+from conftest import REPO, refused, run_script, write_eval
 
 TINY_SWEEP = ["--algos", "spo", "--envs", "Hopper-v5", "--seeds", "1", "--preset", "none", "--total-timesteps", "1280",
               "--extra=--num-steps 64 --num-minibatches 4 --update-epochs 1", "--attacks", "random",
@@ -89,7 +89,7 @@ def test_emit_slurm_writes_a_valid_array_script(emit, tmp_path):
 def test_unknown_algorithm_is_one_line_error(tmp_path):
     from conftest import assert_one_line_error
 
-    assert_one_line_error(run_script("benchmark.py", "run", "--algos", "ppg", "--root", tmp_path, check=False), "ppg")
+    assert_one_line_error(refused("benchmark.py", "run", "--algos", "ppg", "--root", tmp_path), "ppg")
 
 
 def test_status_shows_done_and_left(tmp_path):

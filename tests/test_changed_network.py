@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY, assert_one_line_error, run_script
+from conftest import REPO, TINY, assert_one_line_error, refused, run_script
 
 ACTOR = """            layer_init(nn.Linear(hidden_size, hidden_size)),
             nn.Tanh(),
             layer_init(nn.Linear(hidden_size, act_dim), std=0.01),"""
+pytestmark = pytest.mark.xdist_group("relu_barpo")  # both tests read the module's one trained checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +52,10 @@ def test_a_checkpoint_its_script_no_longer_builds_is_refused(relu_barpo, tmp_pat
     ckpt = torch.load(relu_barpo, weights_only=True)
     changed = dict(ckpt, network=ckpt["network"].replace("ReLU", "Tanh"))  # as if the script had changed since
     torch.save(changed, tmp_path / "changed.pt")
-    proc = run_script("evaluate.py", tmp_path / "changed.pt", "--num-episodes", "1", "--output", tmp_path / "e.json", check=False)
+    proc = refused("evaluate.py", tmp_path / "changed.pt", "--num-episodes", "1", "--output", tmp_path / "e.json")
     assert_one_line_error(proc, "another network")
     gone = dict(ckpt, script="gone_ppo.py", script_path=str(tmp_path / "gone_ppo.py"))
     torch.save(gone, tmp_path / "gone.pt")
-    proc = run_script("evaluate.py", tmp_path / "gone.pt", "--num-episodes", "1", "--output", tmp_path / "e.json", check=False)
+    proc = refused("evaluate.py", tmp_path / "gone.pt", "--num-episodes", "1", "--output", tmp_path / "e.json")
     assert_one_line_error(proc, "gone_ppo.py")
     assert not (tmp_path / "e.json").exists()

@@ -5,7 +5,7 @@ import shutil
 
 import torch
 
-from conftest import REPO, assert_one_line_error, run_script
+from conftest import REPO, assert_one_line_error, refused, run_script
 from eps_curve import jobs_of, median_agent
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "results", "quick", "Hopper-v5", "spo", "s1")
@@ -40,10 +40,10 @@ def test_jobs_train_pa_ad_at_the_evaluation_radius_only_when_the_run_has_none():
 
 
 def test_eps_curve_refuses_what_it_cannot_draw(tmp_path):
-    assert_one_line_error(run_script("eps_curve.py", "--root", tmp_path, check=False), "no runs for Hopper-v5")
+    assert_one_line_error(refused("eps_curve.py", "--root", tmp_path), "no runs for Hopper-v5")
     (tmp_path / "Hopper-v5" / "spo").mkdir(parents=True)
-    assert_one_line_error(run_script("eps_curve.py", "--root", tmp_path, check=False), "no evaluated run")
-    assert_one_line_error(run_script("eps_curve.py", "--root", tmp_path, "--algos", "nope", check=False), "unknown algorithm")
+    assert_one_line_error(refused("eps_curve.py", "--root", tmp_path), "no evaluated run")
+    assert_one_line_error(refused("eps_curve.py", "--root", tmp_path, "--algos", "nope"), "unknown algorithm")
 
 
 def test_eps_curve_evaluates_each_multiple_once_and_ranks(tmp_path):

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import REPO, TINY, assert_one_line_error, read_scalars, run_script
+from conftest import REPO, RUN, TINY, assert_one_line_error, read_scalars, refused, run_script
 
 COMMITTED = os.path.join(REPO, "results", "quick", "Hopper-v5", "spo", "s1")  # an exported agent with its adversaries
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "results", "quick", "Hopper-v5", "spo", "s1")  # a 128-step agent, same layout
@@ -59,7 +59,7 @@ def doctored(tmp_path, name, change):
 def test_learned_attack_refuses_to_replace_a_committed_adversary(name, tmp_path):
     adversary = os.path.join(COMMITTED, f"{name}_eps0.075.pt")
     assert os.path.isfile(adversary)
-    proc = run_script("learned_attack.py", name, os.path.join(COMMITTED, "agent.pt"), *TINY_ADV, "--run-dir", tmp_path / "tb", check=False)
+    proc = refused("learned_attack.py", name, os.path.join(COMMITTED, "agent.pt"), *TINY_ADV, "--run-dir", tmp_path / "tb")
     assert_one_line_error(proc, f"{name}_eps0.075.pt", "--overwrite", "--output")
     assert not (tmp_path / "tb").exists()  # refused before any training
 
@@ -70,8 +70,8 @@ def test_train_learned_never_replaces_an_adversary_it_cannot_use(tmp_path):
     ckpt["global_step"] += 1  # another version of the victim: its adversaries are stale
     torch.save(ckpt, victim)
     stale = (victim.parent / "sarl_eps0.075.pt").read_bytes()
-    proc = run_script("evaluate.py", victim, "--attacks", "sarl", "--train-learned", "--num-episodes", "2",
-                      "--learned-args=" + " ".join(TINY_ADV), "--output", tmp_path / "e.json", check=False)
+    proc = refused("evaluate.py", victim, "--attacks", "sarl", "--train-learned", "--num-episodes", "2",
+                   "--learned-args=" + " ".join(TINY_ADV), "--output", tmp_path / "e.json")
     assert_one_line_error(proc, "sarl_eps0.075.pt", "sha1")
     assert (victim.parent / "sarl_eps0.075.pt").read_bytes() == stale and not (tmp_path / "e.json").exists()
 
@@ -114,14 +114,14 @@ def test_export_drops_the_episodes_of_a_start_that_a_resume_threw_away(tmp_path)
     assert [int(r.split(",")[0]) for r in rows] == [10, 70, 120, 140, 200, 250]
 
 
-def test_resume_marks_its_restart_so_the_logs_hold_only_the_kept_run(tmp_path):
+def test_resume_marks_its_restart_so_the_logs_hold_only_the_kept_run(spo_seed3_run, tmp_path):
     run_dir = tmp_path / "r"
-    run_script("spo_ppo.py", *TINY, "--total-timesteps", "256", "--run-dir", run_dir)
+    shutil.copytree(spo_seed3_run, run_dir)  # a finished run of RUN: 4 updates of 64 steps
     first = [s for s, _ in read_scalars(str(run_dir))["charts/episodic_return"]]
     ckpt = torch.load(run_dir / "agent.pt", weights_only=True)
     ckpt["iteration"], ckpt["global_step"] = 2, 128  # as if the last checkpoint had been written at step 128
     torch.save(ckpt, run_dir / "agent.pt")
-    assert "resuming" in run_script("spo_ppo.py", *TINY, "--total-timesteps", "256", "--run-dir", run_dir, "--resume").stdout
+    assert "resuming" in run_script("spo_ppo.py", *RUN, "--run-dir", run_dir, "--resume").stdout
     steps = [s for s, _ in read_scalars(str(run_dir))["charts/episodic_return"]]
     assert max(first) > 128 and steps == sorted(steps)
     assert [s for s in steps if s <= 128] == [s for s in first if s <= 128]
@@ -136,7 +136,7 @@ def test_a_start_without_resume_never_mixes_its_logs_with_an_earlier_start(tmp_p
         writer.add_scalar("charts/episodic_return", 1e6, step)
     writer.close()
     logs = sorted(os.listdir(run_dir))
-    proc = run_script("spo_ppo.py", *TINY, "--run-dir", run_dir, check=False)
+    proc = refused("spo_ppo.py", *TINY, "--run-dir", run_dir)
     assert_one_line_error(proc, str(run_dir), "--resume")
     assert sorted(os.listdir(run_dir)) == logs
     proc = run_script("spo_ppo.py", *TINY, "--run-dir", run_dir, "--resume")  # starts over and says so
@@ -150,7 +150,7 @@ def test_a_start_without_resume_never_mixes_its_logs_with_an_earlier_start(tmp_p
 @pytest.mark.parametrize("bad", ["missing", "directory"])
 def test_evaluate_checks_its_output_path_before_the_work(bad, tmp_path):
     out = tmp_path / "no" / "such" / "e.json" if bad == "missing" else tmp_path
-    proc = run_script("evaluate.py", os.path.join(COMMITTED, "agent.pt"), "--num-episodes", "2", "--output", out, check=False)
+    proc = refused("evaluate.py", os.path.join(COMMITTED, "agent.pt"), "--num-episodes", "2", "--output", out)
     assert_one_line_error(proc, str(out))
     assert "natural" not in proc.stdout
 
@@ -159,7 +159,7 @@ def test_evaluate_checks_its_output_path_before_the_work(bad, tmp_path):
 def test_learned_attack_checks_its_output_path_before_training(name, bad, tmp_path):
     victim = victim_copy(tmp_path / "v")
     out = tmp_path / "no" / "adv.pt" if bad == "missing" else tmp_path
-    proc = run_script("learned_attack.py", name, victim, *TINY_ADV, "--output", out, "--run-dir", tmp_path / "tb", check=False)
+    proc = refused("learned_attack.py", name, victim, *TINY_ADV, "--output", out, "--run-dir", tmp_path / "tb")
     assert_one_line_error(proc, str(out))
     assert not (tmp_path / "tb").exists()
 
@@ -215,8 +215,8 @@ def test_aggregate_pools_only_runs_of_one_protocol_and_names_the_others(tmp_path
 
 @pytest.mark.parametrize("eps", ["inf", "1e9"])
 def test_evaluate_refuses_an_epsilon_outside_the_observation_clip(eps, tmp_path):
-    proc = run_script("evaluate.py", os.path.join(COMMITTED, "agent.pt"), "--epsilon", eps, "--attacks", "random",
-                      "--num-episodes", "2", "--output", tmp_path / "e.json", check=False)
+    proc = refused("evaluate.py", os.path.join(COMMITTED, "agent.pt"), "--epsilon", eps, "--attacks", "random",
+                   "--num-episodes", "2", "--output", tmp_path / "e.json")
     assert_one_line_error(proc, "--epsilon")
     assert not (tmp_path / "e.json").exists()
 
@@ -224,14 +224,14 @@ def test_evaluate_refuses_an_epsilon_outside_the_observation_clip(eps, tmp_path)
 @pytest.mark.parametrize("name", ["sarl", "paad"])
 def test_learned_attack_refuses_an_epsilon_outside_the_observation_clip(name, tmp_path):
     victim = victim_copy(tmp_path / "v")
-    proc = run_script("learned_attack.py", name, victim, "--epsilon", "1e9", *TINY_ADV, "--run-dir", tmp_path / "tb", check=False)
+    proc = refused("learned_attack.py", name, victim, "--epsilon", "1e9", *TINY_ADV, "--run-dir", tmp_path / "tb")
     assert_one_line_error(proc, "--epsilon")
     assert sorted(os.listdir(victim.parent)) == ["agent.pt"] and not (tmp_path / "tb").exists()
 
 
 @pytest.mark.parametrize("script", ["spo_ppo.py", "wocar_ppo.py"])  # the check is shared code: the alignment test keeps it in all six
 def test_training_scripts_refuse_a_negative_learning_rate(script, tmp_path):
-    proc = run_script(script, *TINY, "--learning-rate", "-1", "--run-dir", tmp_path / "r", check=False)
+    proc = refused(script, *TINY, "--learning-rate", "-1", "--run-dir", tmp_path / "r")
     assert_one_line_error(proc, "--learning-rate")
     assert not (tmp_path / "r").exists()
 
@@ -239,14 +239,14 @@ def test_training_scripts_refuse_a_negative_learning_rate(script, tmp_path):
 @pytest.mark.parametrize("flags", [["--gamma", "5"], ["--value-learning-rate", "-1"], ["--ent-coef", "-0.01"],
                                    ["--vf-coef", "nan"], ["--clip-coef", "0"]])
 def test_training_refuses_nonsense_hyperparameters(flags, tmp_path):
-    proc = run_script("spo_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "r", check=False)
+    proc = refused("spo_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "r")
     assert_one_line_error(proc, flags[0])
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("script, eps", zip(ROBUST, ["1e9", "inf", "1e9", "inf", "1e9"]))
 def test_robust_training_refuses_an_epsilon_outside_the_observation_clip(script, eps, tmp_path):
-    proc = run_script(script, *TINY, "--epsilon", eps, "--run-dir", tmp_path / "r", check=False)
+    proc = refused(script, *TINY, "--epsilon", eps, "--run-dir", tmp_path / "r")
     assert_one_line_error(proc, "--epsilon")
     assert not (tmp_path / "r").exists()
 
@@ -265,8 +265,8 @@ def eps_curve_root(tmp_path, seeds=(1,)):
 @pytest.mark.parametrize("multiples", [["nan"], ["0", "1e9"]])
 def test_eps_curve_refuses_multiples_that_are_not_a_radius(multiples, tmp_path):
     root = eps_curve_root(tmp_path)
-    proc = run_script("eps_curve.py", "--root", root, "--multiples", *multiples, "--paad-multiples", "--num-episodes", "2",
-                      "--evaluate-args=--rs-steps 400 --rs-epochs 1", "--output", tmp_path / "r.md", "--figures", tmp_path / "fig", check=False)
+    proc = refused("eps_curve.py", "--root", root, "--multiples", *multiples, "--paad-multiples", "--num-episodes", "2",
+                   "--evaluate-args=--rs-steps 400 --rs-epochs 1", "--output", tmp_path / "r.md", "--figures", tmp_path / "fig")
     assert_one_line_error(proc, "--multiples")
     assert sorted(os.listdir(root / "Hopper-v5" / "spo" / "s1")) == ["agent.pt", "eval.json"]
 
@@ -279,8 +279,8 @@ def test_eps_curve_refuses_multiples_that_are_not_a_radius(multiples, tmp_path):
     (["--attacks", "random,bogus"], "bogus"),
 ])
 def test_benchmark_run_refuses_nonsense_in_a_dry_run(flags, fragment, tmp_path):
-    proc = run_script("benchmark.py", "run", "--preset", "none", "--algos", "spo", "--root", tmp_path / "sweep",
-                      "--results", tmp_path / "results", "--dry-run", *flags, check=False)
+    proc = refused("benchmark.py", "run", "--preset", "none", "--algos", "spo", "--root", tmp_path / "sweep",
+                   "--results", tmp_path / "results", "--dry-run", *flags)
     assert_one_line_error(proc, fragment)
 
 
@@ -299,7 +299,7 @@ def test_resume_of_a_file_that_is_not_a_training_checkpoint_is_one_line(tmp_path
         else:
             (run_dir / "agent.pt").write_bytes(content)
         before = (run_dir / "agent.pt").read_bytes()
-        proc = run_script("spo_ppo.py", *TINY, "--run-dir", run_dir, "--resume", check=False)
+        proc = refused("spo_ppo.py", *TINY, "--run-dir", run_dir, "--resume")
         assert_one_line_error(proc, fragment)
         assert os.listdir(run_dir) == ["agent.pt"] and (run_dir / "agent.pt").read_bytes() == before
 
@@ -308,16 +308,16 @@ def test_truncated_robust_sarsa_cache_is_one_line_before_the_episodes(tmp_path):
     victim = victim_copy(tmp_path / "v")
     cache = victim.parent / "rs_q_eps0.02_reg0.1_steps400_ep1.pt"
     cache.write_bytes(b"PK\x03\x04 truncated")
-    proc = run_script("evaluate.py", victim, "--attacks", "rs", "--rs-steps", "400", "--rs-epochs", "1", "--num-episodes", "2",
-                      "--output", tmp_path / "e.json", check=False)
+    proc = refused("evaluate.py", victim, "--attacks", "rs", "--rs-steps", "400", "--rs-epochs", "1", "--num-episodes", "2",
+                   "--output", tmp_path / "e.json")
     assert_one_line_error(proc, cache.name)
     assert "natural" not in proc.stdout and cache.read_bytes() == b"PK\x03\x04 truncated"
 
 
 @pytest.mark.parametrize("flags, fragment", [(["--mad-betas", "1,nan"], "--mad-betas"), (["--threads", "0"], "--threads")])
 def test_evaluate_refuses_bad_flags_before_the_episodes(flags, fragment, tmp_path):
-    proc = run_script("evaluate.py", os.path.join(COMMITTED, "agent.pt"), "--attacks", "mad", "--num-episodes", "2", *flags,
-                      "--output", tmp_path / "e.json", check=False)
+    proc = refused("evaluate.py", os.path.join(COMMITTED, "agent.pt"), "--attacks", "mad", "--num-episodes", "2", *flags,
+                   "--output", tmp_path / "e.json")
     assert_one_line_error(proc, fragment)
     assert "natural" not in proc.stdout
 
@@ -325,7 +325,7 @@ def test_evaluate_refuses_bad_flags_before_the_episodes(flags, fragment, tmp_pat
 @pytest.mark.parametrize("name, flags", [("sarl", ["--threads", "0"]), ("paad", ["--gamma", "5"])])
 def test_learned_attack_refuses_zero_threads_and_a_discount_above_one(name, flags, tmp_path):
     victim = victim_copy(tmp_path / "v")
-    proc = run_script("learned_attack.py", name, victim, *TINY_ADV, *flags, "--run-dir", tmp_path / "tb", check=False)
+    proc = refused("learned_attack.py", name, victim, *TINY_ADV, *flags, "--run-dir", tmp_path / "tb")
     assert_one_line_error(proc, flags[0])
     assert sorted(os.listdir(victim.parent)) == ["agent.pt"] and not (tmp_path / "tb").exists()
 
@@ -342,7 +342,7 @@ def test_evaluate_refuses_a_malformed_checkpoint_in_one_line(case, tmp_path):
         return ckpt
 
     path = doctored(tmp_path, "agent.pt", change)
-    proc = run_script("evaluate.py", path, "--num-episodes", "2", "--output", tmp_path / "e.json", check=False)
+    proc = refused("evaluate.py", path, "--num-episodes", "2", "--output", tmp_path / "e.json")
     assert_one_line_error(proc, str(path))
 
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 import attacks
 import learned_attack
-from conftest import REPO, TINY, assert_one_line_error, read_scalars, run_script
+from conftest import REPO, TINY, assert_one_line_error, read_scalars, refused, run_script
 from spo_ppo import Agent
 
 # one iteration of 2 sub-envs x 64 steps
@@ -33,13 +33,14 @@ def copy_victim(checkpoint, directory):
 
 @pytest.fixture(scope="module")
 def trained_victim(tmp_path_factory, tiny_spo_checkpoint):
-    """A victim with a tiny-budget SA-RL adversary and PA-AD director next to it."""
+    """A victim with a tiny-budget SA-RL adversary and PA-AD director next to it (its tests are in one xdist_group)."""
     victim = copy_victim(tiny_spo_checkpoint, tmp_path_factory.mktemp("learned") / "victim")
     for name in ATTACKS:
         run_script("learned_attack.py", name, victim, *TINY_ADV, "--run-dir", victim.parent / f"tb_{name}")
     return victim
 
 
+@pytest.mark.xdist_group("trained_victim")
 @pytest.mark.parametrize("name", ["sarl", "paad"])
 def test_smoke_run_writes_a_self_describing_adversary(trained_victim, name):
     adv = torch.load(trained_victim.parent / f"{name}_eps0.075.pt", weights_only=True)
@@ -56,6 +57,7 @@ def test_smoke_run_writes_a_self_describing_adversary(trained_victim, name):
         assert len(scalars[tag]) >= 1, tag
 
 
+@pytest.mark.xdist_group("trained_victim")
 def test_evaluate_reports_learned_attacks_and_worst_case_over_all(trained_victim, tmp_path):
     out = tmp_path / "eval.json"
     # paad first: each attack's closure must keep its own adversary's arguments whatever the order
@@ -89,10 +91,11 @@ def test_all_without_adversaries_notes_and_explicit_request_is_an_error(tiny_spo
     assert f"note: skipping sarl" in proc.stdout and f"python learned_attack.py sarl {victim} --epsilon 0.075" in proc.stdout
     assert f"note: skipping paad" in proc.stdout and "python learned_attack.py paad" in proc.stdout
     for name in ATTACKS:
-        proc = run_script("evaluate.py", victim, "--attacks", name, "--num-episodes", "2", check=False)
+        proc = refused("evaluate.py", victim, "--attacks", name, "--num-episodes", "2")
         assert_one_line_error(proc, name, f"learned_attack.py {name}", "--train-learned")
 
 
+@pytest.mark.xdist_group("trained_victim")
 def test_stale_adversary_is_ignored(trained_victim, tmp_path):
     victim = copy_victim(trained_victim, tmp_path / "victim")
     shutil.copy(trained_victim.parent / "sarl_eps0.075.pt", victim.parent)
@@ -101,9 +104,9 @@ def test_stale_adversary_is_ignored(trained_victim, tmp_path):
     ckpt = torch.load(victim, weights_only=True)
     ckpt["global_step"] += 1  # another version of the victim
     torch.save(ckpt, victim)
-    proc = run_script("evaluate.py", victim, "--attacks", "sarl", "--num-episodes", "2", check=False)
+    proc = refused("evaluate.py", victim, "--attacks", "sarl", "--num-episodes", "2")
     assert_one_line_error(proc, "sha1")
-    proc = run_script("evaluate.py", victim, "--attacks", "sarl", "--epsilon", "0.05", "--num-episodes", "2", check=False)
+    proc = refused("evaluate.py", victim, "--attacks", "sarl", "--epsilon", "0.05", "--num-episodes", "2")
     assert_one_line_error(proc, "no sarl_eps0.05.pt")  # an adversary is specific to its eps
 
 
@@ -129,8 +132,8 @@ def test_train_learned_trains_the_missing_adversaries_in_a_subprocess(tiny_spo_c
 
 def test_train_learned_stops_with_the_trainers_one_error_line(tiny_spo_checkpoint, tmp_path):
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
-    proc = run_script("evaluate.py", victim, "--attacks", "paad", "--num-episodes", "2", "--train-learned",
-                      "--learned-args=--gamma 5", "--output", tmp_path / "eval.json", check=False)
+    proc = refused("evaluate.py", victim, "--attacks", "paad", "--num-episodes", "2", "--train-learned",
+                   "--learned-args=--gamma 5", "--output", tmp_path / "eval.json")
     assert_one_line_error(proc, "--gamma")
     assert sorted(p.name for p in victim.parent.iterdir()) == ["agent.pt"] and not (tmp_path / "eval.json").exists()
 
@@ -269,12 +272,12 @@ def test_paad_actor_moves_the_action_along_the_direction_more_than_random(seed):
 @pytest.mark.parametrize("name", ["sarl", "paad"])
 def test_bad_input_is_one_line_error(name, tiny_spo_checkpoint, tmp_path):
     script = ("learned_attack.py", name)
-    assert_one_line_error(run_script(*script, tmp_path / "nope.pt", *TINY_ADV, check=False), "does not exist")
+    assert_one_line_error(refused(*script, tmp_path / "nope.pt", *TINY_ADV), "does not exist")
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
-    assert_one_line_error(run_script(*script, victim, "--env-id", "Walker2d-v5", *TINY_ADV, check=False), "Hopper-v5", "Walker2d-v5")
-    assert_one_line_error(run_script(*script, victim, "--epsilon", "-0.1", *TINY_ADV, check=False), "epsilon")
+    assert_one_line_error(refused(*script, victim, "--env-id", "Walker2d-v5", *TINY_ADV), "Hopper-v5", "Walker2d-v5")
+    assert_one_line_error(refused(*script, victim, "--epsilon", "-0.1", *TINY_ADV), "epsilon")
     if name == "sarl":  # PA-AD's actor flags are not SA-RL's: refused, not ignored
-        assert run_script(*script, victim, "--actor-steps", "3", *TINY_ADV, check=False).returncode != 0
+        assert refused(*script, victim, "--actor-steps", "3", *TINY_ADV).returncode != 0
     assert not list(victim.parent.glob(f"{name}_*"))  # nothing written
 
 
@@ -306,7 +309,7 @@ def test_budget_flags_out_of_range_are_one_line_errors(name, tiny_spo_checkpoint
         (["--eval-at", "0"], "--eval-at"),
     ]
     for flags, fragment in bad:
-        proc = run_script("learned_attack.py", name, victim, *TINY_ADV, *flags, check=False)
+        proc = refused("learned_attack.py", name, victim, *TINY_ADV, *flags)
         assert_one_line_error(proc, fragment)
     assert not list(victim.parent.glob(f"{name}_*"))  # nothing written
 
@@ -323,8 +326,8 @@ def test_stalled_needs_patience_windows_without_a_real_drop():
 @pytest.mark.parametrize("name", ["sarl", "paad"])
 def test_early_stop_stops_and_records_where(name, tiny_spo_checkpoint, tmp_path):
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
-    # a drop of 1e9 x the first window never counts: the run stops after patience + 1 windows of >= 128 steps
-    proc = run_script("learned_attack.py", name, victim, *TINY_ADV, "--total-timesteps", "1280", "--early-stop-window", "128",
+    # a drop of 1e9 x the first window never counts: the run stops after patience + 1 windows of >= 128 steps, at 256 of 384
+    proc = run_script("learned_attack.py", name, victim, *TINY_ADV, "--total-timesteps", "384", "--early-stop-window", "128",
                       "--early-stop-patience", "1", "--early-stop-min-drop", "1e9", "--run-dir", tmp_path / "tb")
     adv = torch.load(victim.parent / f"{name}_eps0.075.pt", weights_only=True)
     assert adv["early_stop_step"] == adv["global_step"] == 256 and len(adv["early_stop_window_means"]) == 2
@@ -332,10 +335,10 @@ def test_early_stop_stops_and_records_where(name, tiny_spo_checkpoint, tmp_path)
     means = adv["early_stop_window_means"]  # the adversary saved is the one of the window with the lowest victim return
     assert adv["kept_step"] == 128 * (1 + means.index(min(means)))
     # without the early stop (window 0) the same flags train the whole budget (replacing the first adversary: --overwrite)
-    run_script("learned_attack.py", name, victim, *TINY_ADV, "--total-timesteps", "1280", "--early-stop-window", "0",
+    run_script("learned_attack.py", name, victim, *TINY_ADV, "--total-timesteps", "384", "--early-stop-window", "0",
                "--early-stop-patience", "1", "--early-stop-min-drop", "1e9", "--overwrite", "--run-dir", tmp_path / "tb0")
     adv = torch.load(victim.parent / f"{name}_eps0.075.pt", weights_only=True)
-    assert adv["early_stop_step"] is None and adv["global_step"] == adv["kept_step"] == 1280
+    assert adv["early_stop_step"] is None and adv["global_step"] == adv["kept_step"] == 384
 
 
 @pytest.mark.parametrize("name", ["sarl", "paad"])

@@ -7,11 +7,10 @@ import torch
 import torch.nn as nn
 
 import attacks
-from conftest import TINY, assert_one_line_error, read_scalars, run_script
+from conftest import RUN, TINY, assert_one_line_error, read_scalars, refused, run_script
 from radial_ppo import LogLikelihoodBounds, radial_epsilon
 from spo_ppo import Agent
 
-RUN = ["--total-timesteps", "256", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2", "--seed", "3"]
 FULL_EPS = ["--eps-ramp-start", "0", "--eps-ramp-end", "0"]  # epsilon_t = epsilon from the first update on
 
 
@@ -24,12 +23,10 @@ def assert_same_run(a_dir, b_dir, same=True):
     assert equal == same
 
 
-@pytest.fixture(scope="module")
-def spo_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("spo") / "run"
-    run_script("spo_ppo.py", *RUN, "--run-dir", run_dir)
-    assert len(read_scalars(str(run_dir))["losses/policy_loss"]) == 4
-    return run_dir
+@pytest.fixture
+def spo_run(spo_seed3_run):
+    assert len(read_scalars(str(spo_seed3_run))["losses/policy_loss"]) == 4
+    return spo_seed3_run
 
 
 @pytest.mark.parametrize("flags", [["--epsilon", "0"], ["--kappa", "1", *FULL_EPS]], ids=["eps0", "kappa1"])
@@ -54,10 +51,9 @@ def test_the_worst_case_term_changes_the_run(bound_advantages, spo_run, tmp_path
         assert all(v > 0.9 for _, v in s["adversary/bound_active"])
 
 
-def test_smoke_run_logs_schedule_saves_and_evaluates(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_script("radial_ppo.py", *TINY, "--run-dir", run_dir)
-    assert "iter 2/2" in proc.stdout and "bound width" in proc.stdout
+def test_smoke_run_logs_schedule_saves_and_evaluates(tiny_run, tmp_path):
+    run_dir, stdout = tiny_run("radial_ppo.py")  # TINY
+    assert "iter 2/2" in stdout and "bound width" in stdout
     ckpt = torch.load(run_dir / "agent.pt", weights_only=True)
     assert ckpt["algo"] == "radial" and ckpt["args"]["epsilon"] == 0.075 and ckpt["args"]["eps_schedule"] == "smooth"
     assert set(ckpt["agent"]) == set(Agent(11, 3).state_dict())  # evaluate.py and the learned attacks load it as is
@@ -201,7 +197,7 @@ def test_hand_written_gradient_matches_autograd(seed, eps):
     (["--eps-ramp-start", "0.8", "--eps-ramp-end", "0.5"], "--eps-ramp-start"),
 ])
 def test_bad_flags_are_one_line_errors(flags, fragment, tmp_path):
-    proc = run_script("radial_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "x", check=False)
+    proc = refused("radial_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "x")
     assert_one_line_error(proc, fragment)
     assert not (tmp_path / "x").exists()
 

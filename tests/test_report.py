@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, run_script, write_eval
+from conftest import REPO, assert_one_line_error, refused, run_script, write_eval
 
 
 def cells(text, algo):
@@ -190,7 +190,7 @@ def test_report_and_the_sweep_runner_are_separate_tools(tmp_path):
     probe = "import sys, benchmark; print(sorted(m for m in ('report', 'rliable', 'matplotlib') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert loaded.strip() == "[]"
-    old = run_script("benchmark.py", "aggregate", "--root", tmp_path, "--bootstrap-reps", "200", check=False)
+    old = refused("benchmark.py", "aggregate", "--root", tmp_path, "--bootstrap-reps", "200")
     assert_one_line_error(old, f"python report.py aggregate --root {tmp_path} --bootstrap-reps 200")
 
 

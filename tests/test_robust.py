@@ -1,6 +1,7 @@
 """arpo_ppo.py and barpo_ppo.py: smoke runs, reduction to SPO at eps = 0 and kappa = 0, inner solvers, bad input."""
 import difflib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,15 +9,14 @@ import torch
 import torch.nn as nn
 
 import attacks
-from conftest import TINY, assert_one_line_error, read_scalars, run_script
+from conftest import RUN, TINY, assert_one_line_error, read_scalars, refused, run_script
 from spo_ppo import Agent, clipped_surrogate
 
 
 @pytest.mark.parametrize("script", ["arpo_ppo.py", "barpo_ppo.py"])
-def test_smoke_run_logs_adversary_and_evaluates(script, tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_script(script, *TINY, "--run-dir", run_dir, "--eps-warmup", "0.5")
-    assert "iter 2/2" in proc.stdout
+def test_smoke_run_logs_adversary_and_evaluates(script, tiny_run, tmp_path):
+    run_dir, stdout = tiny_run(script)  # TINY with --eps-warmup 0.5
+    assert "iter 2/2" in stdout
     ckpt = torch.load(run_dir / "agent.pt", weights_only=True)
     assert ckpt["algo"] == script.split("_")[0] and ckpt["args"]["epsilon"] == 0.075  # Hopper default
     s = read_scalars(str(run_dir))
@@ -78,24 +78,22 @@ def test_epsilon_warmup_is_linear(script, tmp_path):
 
 
 @pytest.mark.parametrize("script", ["arpo_ppo.py", "barpo_ppo.py"])
-def test_eps0_kappa0_repeats_the_whole_spo_run(script, tmp_path):
+def test_eps0_kappa0_repeats_the_whole_spo_run(script, spo_seed3_run, tmp_path):
     """With eps = 0 the inner solution is the clean state and with kappa = 0 the guidance vanishes; the
     adversary draws from its own generator, so the whole run (rollouts, every update, the final weights and
     normaliser) must be spo_ppo.py's, bit for bit."""
-    run = ["--total-timesteps", "256", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2", "--seed", "3"]
     tags = ["charts/episodic_return", "losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/entropy"]
-    run_script("spo_ppo.py", *run, "--run-dir", tmp_path / "spo")
-    run_script(script, *run, "--epsilon", "0", "--kappa", "0", "--run-dir", tmp_path / "rob")
-    spo, rob = read_scalars(str(tmp_path / "spo")), read_scalars(str(tmp_path / "rob"))
+    run_script(script, *RUN, "--epsilon", "0", "--kappa", "0", "--run-dir", tmp_path / "rob")
+    spo, rob = read_scalars(str(spo_seed3_run)), read_scalars(str(tmp_path / "rob"))
     assert len(spo["losses/policy_loss"]) == 4 and len(spo["charts/episodic_return"]) >= 2
     for tag in tags:
         assert rob[tag] == spo[tag], tag
-    a, b = (torch.load(tmp_path / d / "agent.pt", weights_only=True) for d in ("spo", "rob"))
+    a, b = (torch.load(d / "agent.pt", weights_only=True) for d in (spo_seed3_run, tmp_path / "rob"))
     for name, tensor in a["agent"].items():
         assert torch.equal(tensor, b["agent"][name]), name
     assert torch.equal(a["obs_rms"]["mean"], b["obs_rms"]["mean"]) and a["global_step"] == b["global_step"]
     # and with eps > 0 the runs part: the comparison can fail
-    run_script(script, *run, "--epsilon", "0.2", "--eps-warmup", "0", "--kappa", "0", "--run-dir", tmp_path / "rob2")
+    run_script(script, *RUN, "--epsilon", "0.2", "--eps-warmup", "0", "--kappa", "0", "--run-dir", tmp_path / "rob2")
     c = torch.load(tmp_path / "rob2" / "agent.pt", weights_only=True)
     assert not torch.equal(c["agent"]["actor_mean.0.weight"], a["agent"]["actor_mean.0.weight"])
 
@@ -159,7 +157,7 @@ def test_barpo_inner_is_sappo_sgld_in_the_authors_units(seed):
 @pytest.mark.parametrize("script", ["arpo_ppo.py", "barpo_ppo.py"])
 @pytest.mark.parametrize("flag", ["--epsilon", "--kappa"])
 def test_negative_epsilon_or_kappa_is_one_line_error(script, flag, tmp_path):
-    proc = run_script(script, *TINY, flag, "-0.5", "--run-dir", tmp_path / "x", check=False)
+    proc = refused(script, *TINY, flag, "-0.5", "--run-dir", tmp_path / "x")
     assert_one_line_error(proc, flag)
     assert not (tmp_path / "x").exists()
 
@@ -203,17 +201,17 @@ def test_mlp_input_grad_falls_back_to_autograd_for_other_actors():
 @pytest.mark.parametrize("script,algo_flag", [("arpo_ppo.py", ["--soft-worst-case-lambda", "0"]), ("barpo_ppo.py", ["--inner-beta", "-1"])])
 def test_other_bad_flags_are_one_line_errors(script, algo_flag, tmp_path):
     for flags in (algo_flag, ["--inner-step-size", "0"], ["--num-minibatches", "0"], ["--num-minibatches", "3"], ["--update-epochs", "0"]):
-        proc = run_script(script, *TINY, *flags, "--run-dir", tmp_path / "x", check=False)
+        proc = refused(script, *TINY, *flags, "--run-dir", tmp_path / "x")
         assert_one_line_error(proc, flags[0] if flags[0] != "--num-minibatches" or flags[1] == "0" else "divide")
     assert not (tmp_path / "x").exists()
 
 
-def test_resume_refuses_another_algorithm_or_other_arguments(tmp_path):
-    run_script("spo_ppo.py", *TINY, "--run-dir", tmp_path / "r")
+def test_resume_refuses_another_algorithm_or_other_arguments(tiny_run, tmp_path):
+    shutil.copytree(tiny_run("spo_ppo.py")[0], tmp_path / "r")  # a finished SPO run of TINY (--save-every is not compared)
     before = (tmp_path / "r" / "agent.pt").read_bytes()
-    assert_one_line_error(run_script("barpo_ppo.py", *TINY, "--run-dir", tmp_path / "r", "--resume", check=False), "spo run")
-    assert_one_line_error(run_script("spo_ppo.py", *TINY, "--learning-rate", "1e-3", "--run-dir", tmp_path / "r", "--resume", check=False), "learning_rate")
-    assert_one_line_error(run_script("spo_ppo.py", *TINY, "--resume", check=False), "--run-dir")
+    assert_one_line_error(refused("barpo_ppo.py", *TINY, "--run-dir", tmp_path / "r", "--resume"), "spo run")
+    assert_one_line_error(refused("spo_ppo.py", *TINY, "--learning-rate", "1e-3", "--run-dir", tmp_path / "r", "--resume"), "learning_rate")
+    assert_one_line_error(refused("spo_ppo.py", *TINY, "--resume"), "--run-dir")
     assert (tmp_path / "r" / "agent.pt").read_bytes() == before
 
 

@@ -8,21 +8,18 @@ import torch
 import torch.nn as nn
 
 import attacks
-from conftest import TINY, assert_one_line_error, read_scalars, run_script
+from conftest import RUN, TINY, assert_one_line_error, read_scalars, refused, run_script
 from sappo_ppo import sa_regulariser
 from spo_ppo import Agent
 
-RUN = ["--total-timesteps", "256", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2", "--seed", "3"]
 
-
-def test_kappa0_or_eps0_repeats_the_whole_spo_run(tmp_path):
+def test_kappa0_or_eps0_repeats_the_whole_spo_run(spo_seed3_run, tmp_path):
     """kappa = 0 weighs the regulariser by zero, eps = 0 makes it zero (s' = s); the SGLD solver draws from its own
     generator, so either way the whole run (rollouts, every update, the final weights and normaliser) is spo_ppo.py's,
     bit for bit, for both methods. With eps > 0 and kappa > 0 the runs part."""
     tags = ["charts/episodic_return", "losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/entropy"]
-    run_script("spo_ppo.py", *RUN, "--run-dir", tmp_path / "spo")
-    spo = read_scalars(str(tmp_path / "spo"))
-    a = torch.load(tmp_path / "spo" / "agent.pt", weights_only=True)
+    spo = read_scalars(str(spo_seed3_run))
+    a = torch.load(spo_seed3_run / "agent.pt", weights_only=True)
     assert len(spo["losses/policy_loss"]) == 4 and len(spo["charts/episodic_return"]) >= 2
     for name, flags in [("k0", ["--kappa", "0"]), ("k0convex", ["--kappa", "0", "--method", "convex"]),
                         ("eps0", ["--epsilon", "0", "--kappa", "1"])]:
@@ -41,10 +38,9 @@ def test_kappa0_or_eps0_repeats_the_whole_spo_run(tmp_path):
     assert not torch.equal(c["agent"]["actor_mean.0.weight"], a["agent"]["actor_mean.0.weight"])
 
 
-def test_smoke_run_ramps_epsilon_per_minibatch_saves_and_evaluates(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_script("sappo_ppo.py", *TINY, "--run-dir", run_dir)
-    assert "iter 2/2" in proc.stdout and " R/random " in proc.stdout
+def test_smoke_run_ramps_epsilon_per_minibatch_saves_and_evaluates(tiny_run, tmp_path):
+    run_dir, stdout = tiny_run("sappo_ppo.py")  # TINY
+    assert "iter 2/2" in stdout and " R/random " in stdout
     ckpt = torch.load(run_dir / "agent.pt", weights_only=True)
     assert ckpt["algo"] == "sappo"
     assert (ckpt["args"]["epsilon"], ckpt["args"]["kappa"], ckpt["args"]["method"]) == (0.075, 1.0, "sgld")  # Hopper defaults
@@ -203,7 +199,7 @@ def test_regulariser_gradient_raises_log_std_unless_detached(method):
 def test_bad_flags_are_one_line_errors(tmp_path):
     for flags, fragment in [(["--method", "crown"], "--method"), (["--convex-bound", "crown"], "--convex-bound"), (["--kappa", "-1"], "--kappa"), (["--inner-beta", "-1"], "--inner-beta"),
                             (["--eps-warmup", "1.5"], "--eps-warmup"), (["--env-id", "Pendulum-v1", "--kappa", "1"], "--epsilon")]:
-        proc = run_script("sappo_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "x", check=False)
+        proc = refused("sappo_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "x")
         assert_one_line_error(proc, fragment)
     assert not (tmp_path / "x").exists()
 

@@ -1,18 +1,18 @@
 """spo_ppo.py as a user runs it: smoke run + evaluation, determinism, bad input, checkpoint round trip."""
 import json
+import shutil
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, assert_one_line_error, read_scalars, run_script
+from conftest import RUN, TINY, TINY_FLAGS, assert_one_line_error, read_scalars, refused, run_script
 
 
-def test_smoke_train_then_evaluate(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_script("spo_ppo.py", *TINY, "--run-dir", run_dir, "--save-every", "1")
-    assert "iter 2/2" in proc.stdout
+def test_smoke_train_then_evaluate(tiny_run, tmp_path):
+    run_dir, stdout = tiny_run("spo_ppo.py")  # TINY with --save-every 1
+    assert "iter 2/2" in stdout
     ckpt = torch.load(run_dir / "agent.pt", weights_only=True)
     assert ckpt["env_id"] == "Hopper-v5" and ckpt["global_step"] == 128 and ckpt["obs_shape"] == [11]
     assert ckpt["obs_rms"]["count"] > 64  # the normaliser saw the rollout
@@ -36,13 +36,14 @@ def test_smoke_train_then_evaluate(tmp_path):
     assert "| natural |" in proc.stdout
 
 
-def test_same_seed_same_first_iteration(tmp_path):
-    def first_iteration(run):
-        run_script("spo_ppo.py", *TINY, "--seed", "7", "--run-dir", tmp_path / run)
-        s = read_scalars(str(tmp_path / run))
+def test_same_seed_same_first_iteration(tiny_run, tmp_path):
+    def first_iteration(run_dir):
+        s = read_scalars(str(run_dir))
         return [s[tag][0][1] for tag in ["losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/entropy"]]
 
-    a, b = first_iteration("a"), first_iteration("b")
+    # the session's tiny run (the default seed 1, trained in another process) and a second one with the same flags
+    run_script("spo_ppo.py", *TINY, *TINY_FLAGS["spo_ppo.py"], "--run-dir", tmp_path / "b")
+    a, b = first_iteration(tiny_run("spo_ppo.py")[0]), first_iteration(tmp_path / "b")
     assert a == b
     run_script("spo_ppo.py", *TINY, "--seed", "8", "--run-dir", tmp_path / "c")
     c = read_scalars(str(tmp_path / "c"))["losses/value_loss"][0][1]
@@ -50,31 +51,31 @@ def test_same_seed_same_first_iteration(tmp_path):
 
 
 def test_unknown_env_id_is_one_line_error(tmp_path):
-    proc = run_script("spo_ppo.py", "--env-id", "NoSuchEnv-v0", "--run-dir", tmp_path / "x", check=False)
+    proc = refused("spo_ppo.py", "--env-id", "NoSuchEnv-v0", "--run-dir", tmp_path / "x")
     assert_one_line_error(proc, "NoSuchEnv-v0")
     assert not (tmp_path / "x").exists()
 
 
 def test_existing_checkpoint_is_not_overwritten(tiny_spo_checkpoint):
     before = tiny_spo_checkpoint.read_bytes()
-    proc = run_script("spo_ppo.py", *TINY, "--run-dir", tiny_spo_checkpoint.parent, check=False)
+    proc = refused("spo_ppo.py", *TINY, "--run-dir", tiny_spo_checkpoint.parent)
     assert_one_line_error(proc, "already exists")
     assert tiny_spo_checkpoint.read_bytes() == before
 
 
 def test_evaluate_missing_checkpoint(tmp_path):
-    proc = run_script("evaluate.py", tmp_path / "nope.pt", check=False)
+    proc = refused("evaluate.py", tmp_path / "nope.pt")
     assert_one_line_error(proc, "does not exist")
 
 
 def test_evaluate_refuses_other_env_and_other_obs_size(tiny_spo_checkpoint, tmp_path):
-    proc = run_script("evaluate.py", tiny_spo_checkpoint, "--env-id", "Walker2d-v5", check=False)
+    proc = refused("evaluate.py", tiny_spo_checkpoint, "--env-id", "Walker2d-v5")
     assert_one_line_error(proc, "Hopper-v5", "Walker2d-v5")
     # a checkpoint that claims Walker2d but holds an 11-d Hopper policy: the obs size check must catch it
     ckpt = torch.load(tiny_spo_checkpoint, weights_only=True)
     ckpt["env_id"] = "Walker2d-v5"
     torch.save(ckpt, tmp_path / "doctored.pt")
-    proc = run_script("evaluate.py", tmp_path / "doctored.pt", check=False)
+    proc = refused("evaluate.py", tmp_path / "doctored.pt")
     assert_one_line_error(proc, "[11]", "[17]")
 
 
@@ -148,14 +149,14 @@ TRAINING_SCRIPTS = ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py",
 
 
 @pytest.mark.parametrize("script", TRAINING_SCRIPTS)
-def test_every_training_script_logs_action_spread_and_input_sensitivity(script, tmp_path):
+def test_every_training_script_logs_action_spread_and_input_sensitivity(script, tiny_run):
     """Collapse to a constant action must be visible while it happens: both diagnostics every iteration, in
     TensorBoard and on the progress line, next to the adversary's epsilon in the robust scripts."""
-    proc = run_script(script, *TINY, "--run-dir", tmp_path / "r")
-    scalars = read_scalars(str(tmp_path / "r"))
+    run_dir, stdout = tiny_run(script)
+    scalars = read_scalars(str(run_dir))
     for tag in ("policy/action_spread", "policy/input_sensitivity"):
         assert len(scalars[tag]) == 2 and all(np.isfinite(v) and v > 0 for _, v in scalars[tag]), tag
-    last = [line for line in proc.stdout.splitlines() if line.startswith("iter 2/2")][0]
+    last = [line for line in stdout.splitlines() if line.startswith("iter 2/2")][0]
     assert " spread " in last and " |dmu/ds| " in last and (script == "spo_ppo.py" or " eps " in last)
 
 
@@ -196,30 +197,28 @@ def test_adam_with_two_groups_steps_only_the_group_that_has_gradients():
     assert all(p not in optimizer.state or not optimizer.state[p] for p in agent.actor_mean.parameters())
 
 
-def test_authors_ppo_flags_train_and_change_the_run(tmp_path):
+def test_authors_ppo_flags_train_and_change_the_run(spo_seed3_run, tmp_path):
     """--value-first, --max-grad-norm 0 and --no-anneal-lr are the robust-RL authors' PPO; each must change the run."""
-    base = ["--total-timesteps", "256", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2", "--seed", "2"]
-    weights = {}
-    for name, flags in {"cleanrl": [], "value_first": ["--value-first"], "no_clip": ["--max-grad-norm", "0"],
-                        "no_anneal": ["--no-anneal-lr"]}.items():
-        run_script("spo_ppo.py", *base, *flags, "--run-dir", tmp_path / name)
+    weights = {"cleanrl": torch.load(spo_seed3_run / "agent.pt", weights_only=True)["agent"]}  # RUN without these flags
+    for name, flags in {"value_first": ["--value-first"], "no_clip": ["--max-grad-norm", "0"], "no_anneal": ["--no-anneal-lr"]}.items():
+        run_script("spo_ppo.py", *RUN, *flags, "--run-dir", tmp_path / name)
         weights[name] = torch.load(tmp_path / name / "agent.pt", weights_only=True)["agent"]
     for name in ("value_first", "no_clip", "no_anneal"):
         assert not torch.equal(weights[name]["actor_mean.0.weight"], weights["cleanrl"]["actor_mean.0.weight"]), name
     lrs = [v for _, v in read_scalars(str(tmp_path / "no_anneal"))["charts/learning_rate"]]
     assert lrs == pytest.approx([3e-4] * 4)
-    proc = run_script("spo_ppo.py", *base, "--max-grad-norm", "-1", "--run-dir", tmp_path / "bad", check=False)
+    proc = refused("spo_ppo.py", *RUN, "--max-grad-norm", "-1", "--run-dir", tmp_path / "bad")
     assert_one_line_error(proc, "--max-grad-norm")
 
 
-def test_resume_accepts_a_checkpoint_from_before_a_flag_existed(tmp_path):
+def test_resume_accepts_a_checkpoint_from_before_a_flag_existed(tiny_run, tmp_path):
     """A long run resumes across code changes that add flags: a flag missing from the checkpoint counts as at its default."""
-    run_script("spo_ppo.py", *TINY, "--run-dir", tmp_path / "r", "--save-every", "1")
+    shutil.copytree(tiny_run("spo_ppo.py")[0], tmp_path / "r")  # TINY with --save-every 1
     ckpt = torch.load(tmp_path / "r" / "agent.pt", weights_only=True)
     del ckpt["args"]["value_first"]
     ckpt["iteration"] = 1
     torch.save(ckpt, tmp_path / "r" / "agent.pt")
     proc = run_script("spo_ppo.py", *TINY, "--run-dir", tmp_path / "r", "--resume")
     assert "resuming" in proc.stdout and "iter 2/2" in proc.stdout
-    proc = run_script("spo_ppo.py", *TINY, "--value-first", "--run-dir", tmp_path / "r", "--resume", check=False)
+    proc = refused("spo_ppo.py", *TINY, "--value-first", "--run-dir", tmp_path / "r", "--resume")
     assert_one_line_error(proc, "value_first")

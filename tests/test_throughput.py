@@ -16,7 +16,7 @@ from conftest import REPO, read_scalars
 
 REFERENCE = "9906ed2"  # the last commit before the throughput work (issue 24)
 SCRIPTS = ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py", "radial_ppo.py", "wocar_ppo.py"]
-SHORT = ["--total-timesteps", "1024", "--num-steps", "256", "--num-minibatches", "8", "--update-epochs", "2", "--seed", "3"]
+SHORT = ["--total-timesteps", "512", "--num-steps", "128", "--num-minibatches", "8", "--update-epochs", "2", "--seed", "3"]
 RUNS = {  # name: (script, flags); Hopper's random-policy episodes end every few dozen steps, HalfCheetah's are truncated at 1000
     **{script[: -len(".py")]: (script, SHORT) for script in SCRIPTS},
     "spo_two_envs_value_first": ("spo_ppo.py", SHORT + ["--num-envs", "2", "--value-first"]),
@@ -71,6 +71,7 @@ def paired_runs(reference_code, tmp_path_factory):
     return out
 
 
+@pytest.mark.xdist_group("paired_runs")  # one worker builds the 16 runs, not each
 @pytest.mark.parametrize("name", list(RUNS))
 def test_seeded_run_is_bit_identical_to_the_reference_code(name, paired_runs):
     reference, current = paired_runs / f"{name}_reference", paired_runs / f"{name}_current"

@@ -10,20 +10,18 @@ import torch
 import torch.nn as nn
 
 import attacks
-from conftest import TINY, assert_one_line_error, read_scalars, run_script
+from conftest import RUN, TINY, assert_one_line_error, read_scalars, refused, run_script
 from wocar_ppo import Agent, layer_init, q_weight_at, sgld_regulariser, worst_action, worst_attack_q_update
 
 
-@pytest.fixture(scope="module")
-def tiny_wocar_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("wocar") / "run"
-    proc = run_script("wocar_ppo.py", *TINY, "--save-every", "1", "--run-dir", run_dir)
-    return run_dir, proc
+@pytest.fixture
+def tiny_wocar_run(tiny_run):
+    return tiny_run("wocar_ppo.py")  # TINY with --save-every 1
 
 
 def test_smoke_run_logs_saves_and_evaluates(tiny_wocar_run, tmp_path):
-    run_dir, proc = tiny_wocar_run
-    assert "iter 2/2" in proc.stdout and "Q drop search/random" in proc.stdout
+    run_dir, stdout = tiny_wocar_run
+    assert "iter 2/2" in stdout and "Q drop search/random" in stdout
     ckpt = torch.load(run_dir / "agent.pt", weights_only=True)
     assert ckpt["algo"] == "wocar"
     assert {k: ckpt["args"][k] for k in ("epsilon", "kappa", "q_weight", "q_weight_schedule", "q_lr")} == {
@@ -62,19 +60,17 @@ def test_resume_restores_the_q_networks(tiny_wocar_run, tmp_path):
     assert after["q_net"]["4.bias"].abs().sum() > 0  # the output bias did train: the Q step ran
 
 
-def test_kappa0_qweight0_repeats_the_whole_spo_run(tmp_path):
+def test_kappa0_qweight0_repeats_the_whole_spo_run(spo_seed3_run, tmp_path):
     """With kappa = 0 the regulariser vanishes and with q_weight = 0 the advantage is SPO's; the Q networks and the
     SGLD draw from streams of their own, so the whole run (rollouts, every update, final weights and normaliser) must
     be spo_ppo.py's, bit for bit, although the Q network trains."""
-    run = ["--total-timesteps", "256", "--num-steps", "64", "--num-minibatches", "4", "--update-epochs", "2", "--seed", "3"]
     tags = ["charts/episodic_return", "losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/entropy"]
-    run_script("spo_ppo.py", *run, "--run-dir", tmp_path / "spo")
-    run_script("wocar_ppo.py", *run, "--kappa", "0", "--q-weight", "0", "--run-dir", tmp_path / "w0")
-    spo, w0 = read_scalars(str(tmp_path / "spo")), read_scalars(str(tmp_path / "w0"))
+    run_script("wocar_ppo.py", *RUN, "--kappa", "0", "--q-weight", "0", "--run-dir", tmp_path / "w0")
+    spo, w0 = read_scalars(str(spo_seed3_run)), read_scalars(str(tmp_path / "w0"))
     assert len(spo["losses/policy_loss"]) == 4 and len(spo["charts/episodic_return"]) >= 2
     for tag in tags:
         assert w0[tag] == spo[tag], tag
-    a, b = (torch.load(tmp_path / d / "agent.pt", weights_only=True) for d in ("spo", "w0"))
+    a, b = (torch.load(d / "agent.pt", weights_only=True) for d in (spo_seed3_run, tmp_path / "w0"))
     for name, tensor in a["agent"].items():
         assert torch.equal(tensor, b["agent"][name]), name
     assert torch.equal(a["obs_rms"]["mean"], b["obs_rms"]["mean"]) and a["global_step"] == b["global_step"]
@@ -83,7 +79,7 @@ def test_kappa0_qweight0_repeats_the_whole_spo_run(tmp_path):
     actor = [a["agent"]["actor_mean.0.weight"]]
     for flags in (["--kappa", "0", "--q-weight", "0.8", "--q-weight-schedule", "constant"], ["--kappa", "1", "--q-weight", "0", "--eps-warmup", "0"],
                   ["--kappa", "1", "--q-weight", "0", "--eps-warmup", "0", "--state-importance"]):
-        run_script("wocar_ppo.py", *run, *flags, "--run-dir", tmp_path / "w1")
+        run_script("wocar_ppo.py", *RUN, *flags, "--run-dir", tmp_path / "w1")
         actor.append(torch.load(tmp_path / "w1" / "agent.pt", weights_only=True)["agent"]["actor_mean.0.weight"])
         assert not any(torch.equal(actor[-1], other) for other in actor[:-1]), flags
         shutil.rmtree(tmp_path / "w1")
@@ -97,7 +93,7 @@ def test_kappa0_qweight0_repeats_the_whole_spo_run(tmp_path):
     (["--env-id", "Swimmer-v5"], "no default --epsilon"),
 ])
 def test_bad_flags_are_one_line_errors(flags, fragment, tmp_path):
-    proc = run_script("wocar_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "x", check=False)
+    proc = refused("wocar_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "x")
     assert_one_line_error(proc, fragment)
     assert not (tmp_path / "x").exists()
 
