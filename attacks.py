@@ -262,13 +262,39 @@ def interval_bounds(net, obs, eps):
     return centre - radius, centre + radius
 
 
+# CROWN's tangent points. For an interval [l, u] across 0, tanh's upper line is the tangent at the d >= 0 whose tangent
+# passes through (l, tanh l). d depends on l alone, so, as auto_LiRPA does, it is found once, by bisection in float64,
+# for l on a grid (step 0.01, down to -20), and looked up: a query takes the grid point just left of its l, whose
+# tangent is still above tanh on all of [l, u], a little looser. (Solving for d at every query cost 10x the training.)
+TANGENT_STEP, TANGENT_RANGE = 0.01, 20.0
+_tangent_points = None
+
+
+def _tangent_line_through(end, far):
+    """(k, b) of a line above tanh on [end, far], end <= 0 <= far: the tangent through (g, tanh g) for the grid point
+    g < end next to it; where end is beyond the table, the horizontal line at tanh(far) (tanh is increasing)."""
+    global _tangent_points
+    if _tangent_points is None:
+        g = -torch.arange(int(round(TANGENT_RANGE / TANGENT_STEP)) + 1, dtype=torch.float64) * TANGENT_STEP
+        lo, hi = torch.zeros_like(g), torch.full_like(g, TANGENT_RANGE)
+        for _ in range(60):  # f(d) = tanh d - tanh g - tanh'(d) (d - g): f(0) <= 0 < f(hi); keep hi, the valid side
+            d = (lo + hi) / 2
+            above = torch.tanh(d) - torch.tanh(g) - (1 - torch.tanh(d) ** 2) * (d - g) >= 0
+            lo, hi = torch.where(above, lo, d), torch.where(above, d, hi)
+        _tangent_points = hi
+    index = torch.floor(-end / TANGENT_STEP).long() + 1
+    inside = index < len(_tangent_points)
+    d = _tangent_points.to(end.dtype)[index.clamp(max=len(_tangent_points) - 1)]
+    k = 1 - torch.tanh(d) ** 2
+    return torch.where(inside, k, 0.0), torch.where(inside, torch.tanh(d) - k * d, torch.tanh(far))
+
+
 def _tanh_relaxation(l, u):
     """Lines below and above tanh on [l, u], as CROWN draws them (Zhang et al., 2018, "general activations"): returns
     (kl, bl, ku, bu) with kl z + bl <= tanh z <= ku z + bu for every l <= z <= u. tanh is convex below 0 and concave above.
     The chord is a valid upper line iff its slope is at most tanh'(u) (always where u <= 0) and a valid lower line iff at
     most tanh'(l) (always where l >= 0); where it is not, the line is a tangent: at the midpoint where [l, u] lies on one
-    side of 0, else the tangent that passes through the far end point, its touching point found by bisection (CROWN and
-    auto_LiRPA look it up in a precomputed table; we keep the end of the bracket on the safe side, so the line stays valid)."""
+    side of 0, else the tangent that passes through the far end point (_tangent_line_through)."""
     tl, tu = torch.tanh(l), torch.tanh(u)
     chord_k = (tu - tl) / (u - l).clamp(min=1e-12)
     chord_k = torch.where(u - l > 1e-6, chord_k, 1 - tl ** 2)  # a point interval: the tangent
@@ -276,19 +302,8 @@ def _tanh_relaxation(l, u):
     mid = (l + u) / 2
     mid_k = 1 - torch.tanh(mid) ** 2
     mid_b = torch.tanh(mid) - mid_k * mid
-
-    def tangent_through(end, far):  # the tangent at d in [0, far] that passes through (end, tanh end), end < 0 < far
-        with torch.no_grad():
-            lo, hi = torch.zeros_like(far), far.clone()
-            for _ in range(30):  # f(d) = tanh d - tanh end - tanh'(d) (d - end): f(0) < 0 <= f(hi)
-                d = (lo + hi) / 2
-                above = torch.tanh(d) - torch.tanh(end) - (1 - torch.tanh(d) ** 2) * (d - end) >= 0
-                lo, hi = torch.where(above, lo, d), torch.where(above, d, hi)
-        k = 1 - torch.tanh(hi) ** 2
-        return k, torch.tanh(hi) - k * hi
-
-    up_k, up_b = tangent_through(l.clamp(max=0), u.clamp(min=0))
-    lo_k, lo_b = tangent_through((-u).clamp(max=0), (-l).clamp(min=0))  # tanh is odd: mirror the upper line
+    up_k, up_b = _tangent_line_through(l.clamp(max=0).detach(), u.clamp(min=0).detach())
+    lo_k, lo_b = _tangent_line_through((-u).clamp(max=0).detach(), (-l).clamp(min=0).detach())  # tanh is odd: mirror
     lo_b = -lo_b
     upper_chord = (u <= 0) | (chord_k <= 1 - tu ** 2)  # the first test by shape, the second where float rounding could fail it
     lower_chord = (l >= 0) | (chord_k <= 1 - tl ** 2)

@@ -49,8 +49,8 @@ released: 0.003 is our choice (the convex Ant κ, and the SGLD weight of WocaR's
     * convex: by default pure IBP, the cheap setting the authors' README offers (--robust-ppo-beta-scheduler-opts
       "start=0,length=1"), with a warning that it may need more training. --convex-bound mixed is their default:
       β_t·IBP + (1 − β_t)·CROWN-IBP with β_t rising 0 → 1 on ε's ramp (CROWN-IBP early, pure IBP for the last 25%).
-      Our CROWN-IBP (attacks.crown_ibp_bounds) draws tanh's lines as auto_LiRPA does, but finds the tangent points
-      by bisection rather than in a precomputed table: bounds can differ from auto_LiRPA's in the last digits.
+      Our CROWN-IBP (attacks.crown_ibp_bounds) draws tanh's lines as auto_LiRPA does, tangent points from a table
+      (step 0.01) as theirs; its grid and lookup are ours, so bounds can differ from auto_LiRPA's in the last digits.
     * Quirks kept: σ is not detached in R, so the regulariser also pushes log σ up (--detach-std detaches it);
       the SGLD variant detaches μ(s), the convex one does not (as in their code).
 The PPO around the regulariser is spo_ppo.py's, not the authors' (theirs: a separate value optimiser stepped first,

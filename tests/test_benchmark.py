@@ -95,7 +95,7 @@ def test_unknown_algorithm_is_one_line_error(tmp_path):
 def test_status_shows_done_and_left(tmp_path):
     results = tmp_path / "results"
     write_eval(results / "none", "Hopper-v5", "spo", 1, 1000, {"random": 900})
-    write_eval(results / "none", "Hopper-v5", "spo", 2, 1000, {"random": 900, "sarl": 100, "paad": 200})
+    write_eval(results / "none", "Hopper-v5", "spo", 2, 1000, {"random": 900, "critic": 800, "mad": 700, "rs": 600, "sarl": 100, "paad": 200})
     out = run_script("benchmark.py", "status", "--algos", "spo", "arpo", "--seeds", "1", "2", "--preset", "none",
                      "--root", tmp_path / "sweep", "--results", results).stdout
     assert re.search(r"Hopper-v5/spo\s+eval\s+done", out) and re.search(r"Hopper-v5/arpo\s+-\s+-", out)

@@ -130,8 +130,9 @@ def test_convex_bound_is_above_sgld_and_every_sampled_point_of_the_ball(seed):
 
 
 def test_tanh_lines_are_below_and_above_tanh_on_every_interval():
-    """CROWN's lines for tanh hold on [l, u] for intervals left of, right of and across 0, wide and narrow, and near
-    saturation (where float rounding of the chord's slope once picked the wrong line)."""
+    """CROWN's lines for tanh hold on [l, u] for intervals left of, right of and across 0, wide and narrow, near
+    saturation (where float rounding of the chord's slope once picked the wrong line) and beyond the table of tangent
+    points; the looked-up tangent is close to the exact one (it touches within a grid step)."""
     torch.manual_seed(0)
     for scale in (0.1, 1.0, 3.0, 10.0):
         lo = torch.randn(4000, dtype=torch.float64) * scale
@@ -140,10 +141,16 @@ def test_tanh_lines_are_below_and_above_tanh_on_every_interval():
         z = lo[:, None] + torch.linspace(0, 1, 101, dtype=torch.float64) * (hi - lo)[:, None]
         assert (kl[:, None] * z + bl[:, None] <= torch.tanh(z) + 1e-12).all()
         assert (torch.tanh(z) <= ku[:, None] * z + bu[:, None] + 1e-12).all()
-    lo = torch.tensor([7.47, 6.246, -9.342, -0.5]); hi = torch.tensor([7.55, 6.249, -8.985, 0.7])  # float32, saturated
+    # float32 near saturation, and intervals across 0 reaching past the table of tangent points (+-20) on either side
+    lo = torch.tensor([7.47, 6.246, -9.342, -0.5, -25.0, -0.5, -21.0]); hi = torch.tensor([7.55, 6.249, -8.985, 0.7, 0.5, 25.0, 3.0])
     kl, bl, ku, bu = attacks._tanh_relaxation(lo, hi)
     z = lo[:, None] + torch.linspace(0, 1, 101) * (hi - lo)[:, None]
     assert (kl[:, None] * z + bl[:, None] <= torch.tanh(z) + 1e-6).all() and (torch.tanh(z) <= ku[:, None] * z + bu[:, None] + 1e-6).all()
+    # the exact upper tangent through (-1, tanh -1) touches at d with f(d) = 0; the table's line lies above it, barely
+    k, b = attacks._tangent_line_through(torch.tensor([-1.0], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64))
+    z = torch.linspace(-1, 2, 301, dtype=torch.float64)
+    gap = k * z + b - torch.tanh(z)
+    assert gap.min() >= -1e-12 and gap.min() < 1e-3
 
 
 @pytest.mark.parametrize("seed", range(3))
