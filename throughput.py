@@ -43,7 +43,7 @@ from spo_ppo import Agent, print_mujoco_warning
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 TRAINING_SCRIPTS = ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py", "radial_ppo.py", "wocar_ppo.py"]
-LEARNED_REFERENCE = "59a0106"  # the last commit before the speed-ups of learned_attack.py (issue 24)
+LEARNED_REFERENCE = "59a0106"  # the last commit before the speed-ups of learned_attack.py (throughput.py --learned)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Args:
     profile: bool = False
     """instead of the training table: time the parts of a training step with the current code and with --reference's, in turn"""
     reference: str = "9906ed2"
-    """the commit the profile compares with (default: the last one before the throughput work of issue 24)"""
+    """the commit the profile compares with (default: the last one before the throughput work on the training scripts)"""
     profile_steps: int = 4096
     """env steps per timed part of the profile (the update: 10 epochs over the batch of that many steps, 64-sample minibatches)"""
     learned: Optional[str] = None
