@@ -528,18 +528,13 @@ if __name__ == "__main__":
     if args.repeats < 1:
         raise SystemExit(f"error: --repeats must be >= 1, got {args.repeats}")
     torch.set_num_threads(1)
-    if args.learned:
-        print(f"learned attacks: learned_attack.py now and at {args.against}, in turn", flush=True)
-        report = learned(args)
+    if args.learned or args.profile:  # instead of the training table, a section of its own in docs/benchmarks.md
+        print(f"learned attacks: learned_attack.py now and at {args.against}, in turn" if args.learned
+              else f"profile: {args.env_id}, the current code and {args.reference}'s, in turn", flush=True)
+        report = learned(args) if args.learned else profile(args)
         print("\n" + report)
-        write_section(args.output, "throughput.py --learned", report, new_file_head="# Benchmarks\n")
-        print(f"wrote {args.output}")
-        raise SystemExit(0)
-    if args.profile:
-        print(f"profile: {args.env_id}, the current code and {args.reference}'s, in turn", flush=True)
-        report = profile(args)
-        print("\n" + report)
-        write_section(args.output, "throughput.py --profile", report, new_file_head="# Benchmarks\n")
+        write_section(args.output, "throughput.py " + ("--learned" if args.learned else "--profile"), report,
+                      new_file_head="# Benchmarks\n")
         print(f"wrote {args.output}")
         raise SystemExit(0)
     lines = [f"## Measured by throughput.py", "", f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
