@@ -415,6 +415,8 @@ if __name__ == "__main__":
         raise SystemExit(f"error: --method must be sgld or convex, got {args.method!r}")
     if args.convex_bound not in ("ibp", "mixed"):
         raise SystemExit(f"error: --convex-bound must be ibp or mixed, got {args.convex_bound!r}")
+    if args.convex_bound != "ibp" and args.method != "convex":
+        raise SystemExit(f"error: --convex-bound {args.convex_bound} bounds --method convex; --method is {args.method}")
     family = next((prefix for prefix in DEFAULT_EPSILON if args.env_id.startswith(prefix)), None)
     if family is None and (args.epsilon is None or args.kappa is None):
         raise SystemExit(f"error: no default --epsilon / --kappa for {args.env_id}; pass both")

@@ -204,7 +204,8 @@ def test_regulariser_gradient_raises_log_std_unless_detached(method):
 
 
 def test_bad_flags_are_one_line_errors(tmp_path):
-    for flags, fragment in [(["--method", "crown"], "--method"), (["--convex-bound", "crown"], "--convex-bound"), (["--kappa", "-1"], "--kappa"), (["--inner-beta", "-1"], "--inner-beta"),
+    for flags, fragment in [(["--method", "crown"], "--method"), (["--convex-bound", "crown"], "--convex-bound"),
+                            (["--convex-bound", "mixed"], "--method convex"), (["--kappa", "-1"], "--kappa"), (["--inner-beta", "-1"], "--inner-beta"),
                             (["--eps-warmup", "1.5"], "--eps-warmup"), (["--env-id", "Pendulum-v1", "--kappa", "1"], "--epsilon")]:
         proc = refused("sappo_ppo.py", *TINY, *flags, "--run-dir", tmp_path / "x")
         assert_one_line_error(proc, fragment)
