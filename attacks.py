@@ -265,7 +265,8 @@ def interval_bounds(net, obs, eps):
 # CROWN's tangent points. For an interval [l, u] across 0, tanh's upper line is the tangent at the d >= 0 whose tangent
 # passes through (l, tanh l). d depends on l alone, so, as auto_LiRPA does, it is found once, by bisection in float64,
 # for l on a grid (step 0.01, down to -20), and looked up: a query takes the grid point just left of its l, whose
-# tangent is still above tanh on all of [l, u], a little looser. (Solving for d at every query cost 10x the training.)
+# tangent is still above tanh on all of [l, u], a little looser. (Bisection at every query made the mixed regulariser
+# 3.5x slower: 33 ms against 9.3 for a 64-sample minibatch of a 64-64 actor.)
 TANGENT_STEP, TANGENT_RANGE = 0.01, 20.0
 _tangent_points = None
 
