@@ -21,6 +21,18 @@ def interval(cell):
     return point, lo, hi
 
 
+def aggregate(root, out, figures):
+    """report.py aggregate in this process, with the fewest resamples it accepts: the CLI itself is run once, by the
+    first test; here the numbers matter, and each fresh interpreter would cost a few seconds of imports and warm-up."""
+    import contextlib
+    import io
+
+    import report
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        report.aggregate(report.Aggregate(root=str(root), output=str(out), figures=str(figures), bootstrap_reps=100))
+
+
 def test_aggregate_iqm_with_bootstrap_intervals_from_fixture_runs(tmp_path):
     root = tmp_path / "sweep"
     for seed, (nat, mad) in enumerate([(1000, 400), (3000, 900), (2000, 100), (4000, 2000)], 1):
@@ -60,7 +72,7 @@ def test_aggregate_iqm_with_bootstrap_intervals_from_fixture_runs(tmp_path):
     # HalfCheetah returns can be negative: a ratio to ARPO's -5 would read +24260 %, so the difference is given instead
     write_eval(root, "HalfCheetah-v5", "arpo", 1, -5, {"mad": -5})
     write_eval(root, "HalfCheetah-v5", "barpo_k0", 1, 1208, {"mad": 800})
-    run_script("report.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
+    aggregate(root, out, tmp_path / "fig")
     text = out.read_text()
     assert "| spo | 2 | 800 | 350 | -56% |" in text
     assert cells(text.split("### Walker2d-v5")[1], "spo")[:7] == ["spo", "2", cells(text.split("### Walker2d-v5")[1], "spo")[2],
@@ -116,7 +128,7 @@ def test_paper_claims_and_kappa_study_are_decided_by_the_intervals(tmp_path):
     def claim(text, start):
         return next(l for l in text.splitlines() if l.startswith(f"| {start}")).strip("| ").split(" | ")
 
-    run_script("report.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
+    aggregate(root, out, tmp_path / "fig")
     text = out.read_text()
     row = claim(text, "BARPO has the best worst case of all baselines (sappo)")
     assert row[2:] == ["+4% over wocar", "+131% over sappo (our best)", "mad", "1.00 [1.00, 1.00]", "holds"]
@@ -125,7 +137,7 @@ def test_paper_claims_and_kappa_study_are_decided_by_the_intervals(tmp_path):
     # a baseline whose every seed beats BARPO reverses the claim
     for seed in (1, 2, 3):
         write_eval(root, "Hopper-v5", "radial", seed, 3000, {"mad": 5000 + seed})
-    run_script("report.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
+    aggregate(root, out, tmp_path / "fig")
     text = out.read_text()
     row = claim(text, "BARPO has the best worst case of all baselines (sappo, radial)")
     assert row[3].endswith("over radial (our best)") and row[-1] == "does not hold"
@@ -135,7 +147,7 @@ def test_paper_claims_and_kappa_study_are_decided_by_the_intervals(tmp_path):
         data = json.loads(report.read_text())
         data["results"]["paad"] = {"mean": 10.0}
         report.write_text(json.dumps(data))
-    run_script("report.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
+    aggregate(root, out, tmp_path / "fig")
     text = out.read_text()
     assert claim(text, "BARPO has the best worst case of all baselines (sappo, radial)")[4] == "mad"
     assert claim(text, "BARPO beats ARPO, both guided")[4] == "mad"
@@ -157,7 +169,7 @@ def test_paper_claims_and_kappa_study_are_decided_by_the_intervals(tmp_path):
         write_eval(root, "Hopper-v5", "radial", seed, 6000, {"mad": mad})
     for seed in (1, 2, 3):
         write_eval(root, "Hopper-v5", "wocar", seed, 3000, {"mad": 1400 + 50 * seed})
-    run_script("report.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
+    aggregate(root, out, tmp_path / "fig")
     text = out.read_text()
     assert claim(text, "sappo | 3 |")[-2] == "mad"
     row = claim(text, "BARPO has the best worst case of all baselines (sappo, radial, wocar)")
@@ -172,7 +184,7 @@ def test_natural_only_runs_neither_crash_nor_hide_a_comparison(tmp_path):
         write_eval(root, "Hopper-v5", "sappo", seed, 900, {"mad": 100})
     write_eval(root, "Hopper-v5", "sappo", 4, 900, {})  # one more, natural only: not part of the worst case
     out = tmp_path / "results.md"
-    run_script("report.py", "aggregate", "--root", root, "--output", out, "--figures", tmp_path / "fig", "--bootstrap-reps", "200")
+    aggregate(root, out, tmp_path / "fig")
     text = out.read_text()
     row = next(l for l in text.splitlines() if l.startswith("| BARPO has the best worst case")).strip("| ").split(" | ")
     assert row[-1] == "no attack in common"
