@@ -5,6 +5,7 @@ throughput.py use for their own sections).
 
     python report.py aggregate --root results/quick           # docs/results.md + docs/figures/*.png
     python report.py aggregate --root results/paper --title "Paper preset (2M steps), results/paper"
+    python report.py diagnostics --root results/paper --env-id HalfCheetah-v5   # collapse scalars over training
 
 The runs are benchmark.py's (the sweep runner: training, export, evaluation): this file reads what it exports,
 <root>/<env>/<algo>/s<seed>/{eval.json,agent.pt,curve.csv}, and its table of algorithms, and trains nothing.
@@ -15,7 +16,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import tyro
@@ -49,6 +50,22 @@ class Aggregate:
     """where the PNG plots go"""
     bootstrap_reps: int = 2000
     """bootstrap resamples of each confidence interval (rliable's default, 50000, takes minutes here)"""
+
+
+@dataclass
+class Diagnostics:
+    """Plot the collapse diagnostics the robust scripts log (ε_t, the spread of the mean action over a minibatch,
+    the mean input sensitivity ‖∂μ/∂s‖) over training, one line per run, from each run's diagnostics.csv."""
+
+    root: str = "results/paper"
+    """where the runs are: <root>/<env>/<algo>/s<seed>/diagnostics.csv"""
+    env_id: str = "HalfCheetah-v5"
+    algos: Optional[List[str]] = None
+    """the algorithms to plot (default: every one with a diagnostics.csv)"""
+    output: Optional[str] = None
+    """the PNG (default: docs/figures/diagnostics_<root name>_<env>.png)"""
+    smooth: int = 10
+    """moving average over this many iterations (the raw per-minibatch-set values are noisy)"""
 
 
 # what an evaluation's numbers depend on besides the agent (evaluate.py writes them into eval.json): runs are pooled only
@@ -508,5 +525,59 @@ def aggregate(args: Aggregate):
     print(f"wrote {args.output}")
 
 
+def diagnostics(args: Diagnostics):
+    """One figure, three panels sharing the step axis; a collapsed policy shows as an action spread near 0 (the
+    same action whatever the state) with its input sensitivity near 0."""
+    if args.smooth < 1:
+        raise SystemExit(f"error: --smooth must be >= 1, got {args.smooth}")
+    pattern = os.path.join(args.root, args.env_id, "*", "s*", "diagnostics.csv")
+    runs = {}
+    for path in sorted(glob.glob(pattern)):
+        algo, seed = path.split(os.sep)[-3:-1]
+        if args.algos is None or algo in args.algos:
+            runs[algo, seed] = path
+    if not runs:
+        raise SystemExit(f"error: no diagnostics.csv under {pattern}" + (f" for {', '.join(args.algos)}" if args.algos else ""))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [("action_spread", "mean-action spread over a minibatch"), ("input_sensitivity", "mean ‖∂μ/∂s‖"),
+               ("epsilon", "ε_t")]
+    fig, axes = plt.subplots(len(columns), 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [3, 3, 1]})
+    colours = {a: f"C{i}" for i, a in enumerate(dict.fromkeys(a for a, _ in runs))}
+    styles = ["-", "--", ":", "-."]
+    for (algo, seed), path in runs.items():
+        try:
+            data = np.genfromtxt(path, delimiter=",", names=True)
+            step = np.atleast_1d(data["step"])
+            values = {c: np.atleast_1d(data[c]) for c, _ in columns}
+        except (ValueError, KeyError, IndexError) as e:
+            raise SystemExit(f"error: {path} is not a diagnostics.csv (step,epsilon,action_spread,input_sensitivity): {e}")
+        width = min(args.smooth, len(step))
+        kernel = np.ones(width) / width
+        for ax, (column, _) in zip(axes, columns):
+            y = values[column] if column == "epsilon" else np.convolve(values[column], kernel, mode="valid")
+            x = step if column == "epsilon" else step[width - 1:]
+            ax.plot(x, y, color=colours[algo], ls=styles[(int(seed[1:]) - 1) % len(styles)], lw=1,
+                    label=f"{algo} {seed}")
+    for ax, (_, label) in zip(axes, columns):
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"{args.env_id}: collapse diagnostics over training ({args.smooth}-iteration moving average)")
+    axes[0].legend(fontsize=7, ncol=2)
+    axes[-1].set_xlabel("environment steps")
+    fig.tight_layout()
+    name = os.path.basename(os.path.normpath(args.root))
+    png = args.output or os.path.join("docs", "figures", f"diagnostics_{name}_{args.env_id}.png")
+    os.makedirs(os.path.dirname(png) or ".", exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    print(f"{len(runs)} runs: " + ", ".join(f"{a}/{s}" for a, s in runs))
+    print(f"wrote {png}")
+
+
 if __name__ == "__main__":
-    aggregate(tyro.extras.subcommand_cli_from_dict({"aggregate": Aggregate}))
+    args = tyro.extras.subcommand_cli_from_dict({"aggregate": Aggregate, "diagnostics": Diagnostics})
+    (diagnostics if isinstance(args, Diagnostics) else aggregate)(args)

@@ -222,3 +222,31 @@ def test_bootstrap_intervals_repeat_whatever_numpys_global_state_and_leave_it_al
         assert (np.random.get_state()[1] == before).all()  # the caller's global state is put back
     assert results[0] == results[1]
     assert results[0][0]["a"][1] < results[0][0]["a"][0] < results[0][0]["a"][2]  # a real interval, not a point
+
+
+def test_diagnostics_plots_every_run_and_refuses_what_it_cannot_read(tmp_path, capsys):
+    import report
+
+    def write(algo, seed, spread):
+        d = tmp_path / "paper" / "HalfCheetah-v5" / algo / f"s{seed}"
+        d.mkdir(parents=True)
+        rows = [f"{2048 * (i + 1)},{0.15 * i / 30:g},{spread},{0.5}" for i in range(30)]
+        (d / "diagnostics.csv").write_text("step,epsilon,action_spread,input_sensitivity\n" + "\n".join(rows) + "\n")
+        return d
+
+    write("barpo_k1", 1, 0.7), write("barpo_k1", 2, 0.8), write("sappo", 1, 0.01)
+    (tmp_path / "paper" / "HalfCheetah-v5" / "spo" / "s1").mkdir(parents=True)  # no diagnostics.csv: not a line
+    png = tmp_path / "fig.png"
+    report.diagnostics(report.Diagnostics(root=str(tmp_path / "paper"), output=str(png)))
+    assert capsys.readouterr().out.splitlines()[0] == "3 runs: barpo_k1/s1, barpo_k1/s2, sappo/s1"
+    assert png.stat().st_size > 20_000
+    report.diagnostics(report.Diagnostics(root=str(tmp_path / "paper"), algos=["sappo"], output=str(png)))
+    assert capsys.readouterr().out.splitlines()[0] == "1 runs: sappo/s1"
+    # nothing to plot, a file that is not a diagnostics.csv: one line, and no figure written over the old one
+    before = png.read_bytes()
+    assert_one_line_error(refused("report.py", "diagnostics", "--root", tmp_path / "paper", "--algos", "wocar",
+                                  "--output", png), "no diagnostics.csv under")
+    (write("radial", 1, 0.3) / "diagnostics.csv").write_text("step,epsilon\n1,2\n")
+    assert_one_line_error(refused("report.py", "diagnostics", "--root", tmp_path / "paper", "--output", png),
+                          "is not a diagnostics.csv")
+    assert png.read_bytes() == before
