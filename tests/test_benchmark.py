@@ -138,3 +138,33 @@ def test_a_run_evaluated_with_fewer_attacks_than_asked_is_not_complete(tmp_path)
     (job,) = benchmark.jobs_of(subset)
     assert benchmark.is_complete(job, subset) is False  # a named subset: each attack in it
     assert benchmark.is_complete(job, benchmark.Run(**{**vars(subset), "attacks": "random"})) is True
+
+
+def test_calibrated_preset_is_paper_on_the_authors_ppo(tmp_path):
+    """On HalfCheetah the calibrated preset runs what the calibration's *_authors runs ran (so they can stand for it);
+    elsewhere it keeps the authors' annealed learning rate; results go under results/calibrated/."""
+    from benchmark import AUTHORS_PPO, Run, expand_algos, jobs_of
+
+    def train_flags(preset, algo, env_id):
+        args = expand_algos(Run(algos=[algo], envs=[env_id], seeds=[1], preset=preset, root=str(tmp_path),
+                                results=str(tmp_path / "results")))
+        job, = jobs_of(args)
+        return job, job["train"][2:job["train"].index("--run-dir")]
+
+    def parsed(flags):  # the flags as the script would read them: the last value of each wins
+        out, i = {}, 0
+        while i < len(flags):
+            takes_value = i + 1 < len(flags) and not flags[i + 1].startswith("--")
+            out[flags[i]] = flags[i + 1] if takes_value else True
+            i += 2 if takes_value else 1
+        return out
+
+    cheetah, flags = train_flags("calibrated", "barpo_k1", "HalfCheetah-v5")
+    _, authors = train_flags("paper", "barpo_k1_authors", "HalfCheetah-v5")
+    assert parsed(flags) == parsed(authors) and "--rs-grid" in cheetah["evaluate"]
+    assert cheetah["out_dir"] == str(tmp_path / "results" / "calibrated" / "HalfCheetah-v5" / "barpo_k1" / "s1")
+    _, hopper = train_flags("calibrated", "sappo", "Hopper-v5")
+    assert parsed(hopper)["--value-first"] and parsed(hopper)["--max-grad-norm"] == "0"
+    assert "--no-anneal-lr" not in hopper and parsed(hopper)["--total-timesteps"] == "2000000"
+    _, paper = train_flags("paper", "barpo_k1", "HalfCheetah-v5")
+    assert not {f for f in AUTHORS_PPO if f.startswith("--")} & set(paper)  # the paper preset stays CleanRL's PPO
