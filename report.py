@@ -21,7 +21,7 @@ from typing import List, Optional
 import numpy as np
 import tyro
 
-from benchmark import ALGOS, agent_problem, env_family, read_eval
+from benchmark import ALGO_GROUPS, ALGOS, agent_problem, env_family, read_eval
 
 # Li et al. (ICLR 2026): BAR-PPO's natural / worst case, median of 17 agents, 2M steps, gym -v2 (docs/design.md §9)
 PAPER_BARPO = {"Hopper": (3684, 1340), "Walker2d": (4732, 2699), "HalfCheetah": (4837, 3181), "Ant": (5024, 2825)}
@@ -33,7 +33,8 @@ PAPER_BEST_BASELINE = {"Hopper": ("wocar", 3629, 1171, 4), "Walker2d": ("sappo",
 # Table 3: BARPO vs ARPO, both with guidance: worst case, in % (no Walker2d number in the text we worked from)
 PAPER_K1_VS_ARPO_K1 = {"Hopper": 19, "HalfCheetah": 193, "Ant": 138}
 BASELINES = ["sappo", "sappo_convex", "radial", "wocar"]
-KAPPA_STUDY = {"barpo_k0": 0.0, "barpo_k0.25": 0.25, "barpo_k0.5": 0.5, "barpo_k1": 1.0, "barpo_k2": 2.0}
+# the κ study: benchmark.py's group `kappa`, each algorithm with the --kappa its flags give it
+KAPPA_STUDY = {a: float(ALGOS[a][1][ALGOS[a][1].index("--kappa") + 1]) for a in ALGO_GROUPS["kappa"]}
 
 
 @dataclass
