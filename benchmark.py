@@ -110,8 +110,10 @@ PRESET_STEPS = {
 # flags a preset adds to every algorithm, per env family. `calibrated` is `paper` on the robust-RL authors' PPO, the base
 # the HalfCheetah calibration against the SA-PPO authors' agent chose (docs/results.md): the critic fitted first with its
 # own steps, no gradient clipping, and, as in their configs, a learning rate annealed to 0 except on HalfCheetah, whose
-# robust configs keep it constant. On HalfCheetah it runs exactly what the calibration's *_authors runs ran.
-PRESET_FLAGS = {"calibrated": {"HalfCheetah": AUTHORS_PPO, "default": ["--value-first", "--max-grad-norm", "0"]}}
+# robust configs keep it constant (WocaR's anneals there too). On HalfCheetah it runs exactly what the calibration's
+# *_authors runs ran. Keys: "<algo> <env family>", then "<env family>", then "default".
+PRESET_FLAGS = {"calibrated": {"HalfCheetah": AUTHORS_PPO, "wocar HalfCheetah": AUTHORS_PPO[1:],
+                               "default": ["--value-first", "--max-grad-norm", "0"]}}
 # names that stand for several algorithms in --algos
 ALGO_GROUPS = {"comparison": ["spo", "sappo", "radial", "wocar", "arpo", "arpo_k1", "barpo_k0", "barpo_k1"],
                "kappa": ["barpo_k0", "barpo_k0.25", "barpo_k0.5", "barpo_k1", "barpo_k2"],
@@ -228,9 +230,9 @@ def jobs_of(args):
                 flags = ["--env-id", env_id, "--seed", str(seed)] + algo_flags
                 if args.preset != "none":
                     steps = PRESET_STEPS[args.preset].get(family, PRESET_STEPS[args.preset]["default"])
-                    preset_flags = PRESET_FLAGS.get(args.preset, {})
+                    preset = PRESET_FLAGS.get(args.preset, {})
                     flags += (ENV_FLAGS[family] + ALGO_ENV_FLAGS.get(algo, {}).get(family, [])
-                              + preset_flags.get(family, preset_flags.get("default", []))
+                              + preset.get(f"{algo} {family}", preset.get(family, preset.get("default", [])))
                               + ["--total-timesteps", str(args.total_timesteps or steps)])
                 elif args.total_timesteps:
                     flags += ["--total-timesteps", str(args.total_timesteps)]

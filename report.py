@@ -548,7 +548,9 @@ def diagnostics(args: Diagnostics):
                ("epsilon", "ε_t")]
     fig, axes = plt.subplots(len(columns), 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [3, 3, 1]})
     colours = {a: f"C{i}" for i, a in enumerate(dict.fromkeys(a for a, _ in runs))}
-    styles = ["-", "--", ":", "-."]
+    styles, nth = ["-", "--", ":", "-."], {}  # a colour per algorithm, a line style per seed of it
+    for algo, seed in runs:
+        nth[algo, seed] = sum(a == algo for a, _ in nth)
     for (algo, seed), path in runs.items():
         try:
             data = np.genfromtxt(path, delimiter=",", names=True)
@@ -556,12 +558,17 @@ def diagnostics(args: Diagnostics):
             values = {c: np.atleast_1d(data[c]) for c, _ in columns}
         except (ValueError, KeyError, IndexError) as e:
             raise SystemExit(f"error: {path} is not a diagnostics.csv (step,epsilon,action_spread,input_sensitivity): {e}")
+        if not all(np.isfinite(v).all() for v in [step, *values.values()]):
+            raise SystemExit(f"error: {path} has a value that is not a finite number")
+        if len(step) == 0:
+            print(f"left out {algo}/{seed}: {path} has no rows", file=sys.stderr)
+            continue
         width = min(args.smooth, len(step))
         kernel = np.ones(width) / width
         for ax, (column, _) in zip(axes, columns):
             y = values[column] if column == "epsilon" else np.convolve(values[column], kernel, mode="valid")
             x = step if column == "epsilon" else step[width - 1:]
-            ax.plot(x, y, color=colours[algo], ls=styles[(int(seed[1:]) - 1) % len(styles)], lw=1,
+            ax.plot(x, y, color=colours[algo], ls=styles[nth[algo, seed] % len(styles)], lw=1,
                     label=f"{algo} {seed}")
     for ax, (_, label) in zip(axes, columns):
         ax.set_ylabel(label)

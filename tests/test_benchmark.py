@@ -166,5 +166,7 @@ def test_calibrated_preset_is_paper_on_the_authors_ppo(tmp_path):
     _, hopper = train_flags("calibrated", "sappo", "Hopper-v5")
     assert parsed(hopper)["--value-first"] and parsed(hopper)["--max-grad-norm"] == "0"
     assert "--no-anneal-lr" not in hopper and parsed(hopper)["--total-timesteps"] == "2000000"
+    _, wocar = train_flags("calibrated", "wocar", "HalfCheetah-v5")  # WocaR's own HalfCheetah config anneals
+    assert parsed(wocar)["--value-first"] and "--no-anneal-lr" not in wocar
     _, paper = train_flags("paper", "barpo_k1", "HalfCheetah-v5")
     assert not {f for f in AUTHORS_PPO if f.startswith("--")} & set(paper)  # the paper preset stays CleanRL's PPO

@@ -249,4 +249,8 @@ def test_diagnostics_plots_every_run_and_refuses_what_it_cannot_read(tmp_path, c
     (write("radial", 1, 0.3) / "diagnostics.csv").write_text("step,epsilon\n1,2\n")
     assert_one_line_error(refused("report.py", "diagnostics", "--root", tmp_path / "paper", "--output", png),
                           "is not a diagnostics.csv")
+    (tmp_path / "paper" / "HalfCheetah-v5" / "radial" / "s1" / "diagnostics.csv").write_text(
+        "step,epsilon,action_spread,input_sensitivity\n2048,0.1,nan,0.5\n")
+    assert_one_line_error(refused("report.py", "diagnostics", "--root", tmp_path / "paper", "--output", png),
+                          "not a finite number")
     assert png.read_bytes() == before
