@@ -249,15 +249,6 @@ def jobs_of(args):
     return jobs
 
 
-def code_commit(*files):
-    """The commit the code runs from, with '+dirty' if any of `files` differs from it (None outside a git checkout)."""
-    try:
-        git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", *files) else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def kept_episodes(episodes, batch):
     """The training episodes of the run that a checkpoint holds, from the (step, return) pairs of its logs in the order
     they were logged. A resume continues from the last checkpoint, written at the end of an iteration, i.e. at a
@@ -337,6 +328,8 @@ def run_job(job):
     t0 = time.time()
     os.makedirs(job["run_dir"], exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    from evaluate import code_commit
+
     with open(os.path.join(job["run_dir"], "commits.txt"), "a") as f:  # the code of every (re)start of the training
         f.write(f"{code_commit(job['script'], 'attacks.py')}\n")
     exported = os.path.exists(os.path.join(job["out_dir"], "agent.pt"))  # then it is trained, maybe on another machine

@@ -119,6 +119,15 @@ class Args:
 REPO = os.path.dirname(os.path.abspath(__file__))
 
 
+def code_commit(*files):
+    """The commit the code runs from, with '+dirty' if any of `files` differs from it (None outside a git checkout)."""
+    try:
+        git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", *files) else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def script_agent_class(ckpt, path):
     """The Agent class of the training script that wrote the checkpoint, so that a changed network (another
     activation, another layer) is evaluated as changed. The script is the one of that name in this repository,
@@ -654,6 +663,9 @@ if __name__ == "__main__":
 
     report = {
         "checkpoint": os.path.abspath(args.checkpoint), "env_id": env_id, "algo": ckpt.get("algo"),
+        # the evaluation's own code: a change of float rounding in it moves HalfCheetah's returns by a few %
+        "code_commit": code_commit("evaluate.py", "attacks.py", "learned_attack.py",
+                                   os.path.basename(str(ckpt.get("script") or f"{ckpt.get('algo', 'spo')}_ppo.py"))),
         "global_step": ckpt.get("global_step"), "epsilon": eps, "num_episodes": args.num_episodes,
         "deterministic": not args.stochastic, "mad_betas": mad_betas, "attack_steps": args.attack_steps,
         "results": results, "worst_case": worst, "worst_attack": worst_name, "robustness": robustness,

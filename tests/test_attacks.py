@@ -2,6 +2,7 @@
 import inspect
 import json
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import attacks
-from conftest import assert_one_line_error, refused, run_script
+from conftest import REPO, assert_one_line_error, refused, run_script
 from spo_ppo import Agent
 
 
@@ -175,6 +176,9 @@ def test_evaluate_all_attacks_table_json_and_rs_cache(tiny_spo_checkpoint, tmp_p
     assert set(means) == {"natural", "random", "critic", "mad", "rs"}
     assert report["results"]["rs"]["train_seconds"] > 0 and "train_seconds" not in report["results"]["mad"]
     assert report["epsilon"] == 0.075  # Hopper's default
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    # the evaluation's code, beside the training's (None outside a git checkout)
+    assert report["code_commit"] in ((head, head + "+dirty") if head else (None,))
     assert report["worst_case"] == min(v for k, v in means.items() if k != "natural")  # over attacks only
     assert report["results"]["mad"]["variants_evaluated"] == 2 and report["results"]["mad"]["variant"] in ("beta=1", "beta=1e-05")
     assert report["robustness"] == pytest.approx((report["worst_case"] - means["natural"]) / means["natural"])
