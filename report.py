@@ -61,10 +61,11 @@ class Diagnostics:
     root: str = "results/paper"
     """where the runs are: <root>/<env>/<algo>/s<seed>/diagnostics.csv"""
     env_id: str = "HalfCheetah-v5"
+    """the environment whose runs are plotted"""
     algos: Optional[List[str]] = None
-    """the algorithms to plot (default: every one with a diagnostics.csv)"""
+    """the algorithms to plot (None: every one with a diagnostics.csv)"""
     output: Optional[str] = None
-    """the PNG (default: docs/figures/diagnostics_<root name>_<env>.png)"""
+    """the figure, .png, .pdf or .svg (None: docs/figures/diagnostics_<root name>_<env>.png)"""
     smooth: int = 10
     """moving average over this many iterations (the raw per-minibatch-set values are noisy)"""
 
@@ -526,19 +527,55 @@ def aggregate(args: Aggregate):
     print(f"wrote {args.output}")
 
 
+def read_diagnostics(path):
+    """{column: values} of one diagnostics.csv: step, action_spread, input_sensitivity and, for the robust scripts,
+    epsilon (SPO has no ε); raises ValueError with a one-line reason."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy warns about an empty file; it is reported as having no rows below
+        if os.path.getsize(path) == 0:
+            raise ValueError("the file is empty")
+        try:
+            data = np.genfromtxt(path, delimiter=",", names=True)
+        except ValueError as e:
+            raise ValueError(str(e).strip().splitlines()[0])
+    names = data.dtype.names or ()
+    missing = [c for c in ("step", "action_spread", "input_sensitivity") if c not in names]
+    if missing:
+        raise ValueError(f"no column {', '.join(missing)} (step,[epsilon,]action_spread,input_sensitivity)")
+    values = {c: np.atleast_1d(data[c]).astype(float) for c in ("step", "action_spread", "input_sensitivity", "epsilon")
+              if c in names}
+    if not all(np.isfinite(v).all() for v in values.values()):
+        raise ValueError("a value is not a finite number")
+    return values
+
+
 def diagnostics(args: Diagnostics):
     """One figure, three panels sharing the step axis; a collapsed policy shows as an action spread near 0 (the
     same action whatever the state) with its input sensitivity near 0."""
     if args.smooth < 1:
         raise SystemExit(f"error: --smooth must be >= 1, got {args.smooth}")
+    name = os.path.basename(os.path.normpath(args.root))
+    png = args.output or os.path.join("docs", "figures", f"diagnostics_{name}_{args.env_id}.png")
+    if os.path.splitext(png)[1].lower() not in (".png", ".pdf", ".svg"):
+        raise SystemExit(f"error: --output {png!r}: name a .png, .pdf or .svg file")
     pattern = os.path.join(args.root, args.env_id, "*", "s*", "diagnostics.csv")
-    runs = {}
+    runs, empty = {}, []
     for path in sorted(glob.glob(pattern)):
         algo, seed = path.split(os.sep)[-3:-1]
         if args.algos is None or algo in args.algos:
-            runs[algo, seed] = path
+            try:
+                values = read_diagnostics(path)
+            except (OSError, ValueError) as e:
+                raise SystemExit(f"error: {path} cannot be plotted: {e}")
+            if len(values["step"]):
+                runs[algo, seed] = values
+            else:
+                empty.append(f"{algo}/{seed}: {path} has no rows")
     if not runs:
-        raise SystemExit(f"error: no diagnostics.csv under {pattern}" + (f" for {', '.join(args.algos)}" if args.algos else ""))
+        raise SystemExit(f"error: no diagnostics.csv with rows under {pattern}" + (f" for {', '.join(args.algos)}" if args.algos else "")
+                         + (f" ({'; '.join(empty)})" if empty else ""))
+    for line in empty:
+        print(f"left out {line}", file=sys.stderr)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -547,29 +584,19 @@ def diagnostics(args: Diagnostics):
     columns = [("action_spread", "mean-action spread over a minibatch"), ("input_sensitivity", "mean ‖∂μ/∂s‖"),
                ("epsilon", "ε_t")]
     fig, axes = plt.subplots(len(columns), 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [3, 3, 1]})
-    colours = {a: f"C{i}" for i, a in enumerate(dict.fromkeys(a for a, _ in runs))}
-    styles, nth = ["-", "--", ":", "-."], {}  # a colour per algorithm, a line style per seed of it
+    palette = plt.get_cmap("tab20")  # a colour per algorithm (20 before one repeats), a line style per seed of it
+    colours = {a: palette(i % 20) for i, a in enumerate(dict.fromkeys(a for a, _ in runs))}
+    styles, nth = ["-", "--", ":", "-."], {}
     for algo, seed in runs:
         nth[algo, seed] = sum(a == algo for a, _ in nth)
-    for (algo, seed), path in runs.items():
-        try:
-            data = np.genfromtxt(path, delimiter=",", names=True)
-            step = np.atleast_1d(data["step"])
-            values = {c: np.atleast_1d(data[c]) for c, _ in columns}
-        except (ValueError, KeyError, IndexError) as e:
-            raise SystemExit(f"error: {path} is not a diagnostics.csv (step,epsilon,action_spread,input_sensitivity): {e}")
-        if not all(np.isfinite(v).all() for v in [step, *values.values()]):
-            raise SystemExit(f"error: {path} has a value that is not a finite number")
-        if len(step) == 0:
-            print(f"left out {algo}/{seed}: {path} has no rows", file=sys.stderr)
-            continue
-        width = min(args.smooth, len(step))
-        kernel = np.ones(width) / width
+    for (algo, seed), values in runs.items():
+        step, width = values["step"], min(args.smooth, len(values["step"]))
         for ax, (column, _) in zip(axes, columns):
-            y = values[column] if column == "epsilon" else np.convolve(values[column], kernel, mode="valid")
+            if column not in values:
+                continue  # SPO logs no ε
+            y = values[column] if column == "epsilon" else np.convolve(values[column], np.ones(width) / width, mode="valid")
             x = step if column == "epsilon" else step[width - 1:]
-            ax.plot(x, y, color=colours[algo], ls=styles[nth[algo, seed] % len(styles)], lw=1,
-                    label=f"{algo} {seed}")
+            ax.plot(x, y, color=colours[algo], ls=styles[nth[algo, seed] % len(styles)], lw=1, label=f"{algo} {seed}")
     for ax, (_, label) in zip(axes, columns):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -577,10 +604,11 @@ def diagnostics(args: Diagnostics):
     axes[0].legend(fontsize=7, ncol=2)
     axes[-1].set_xlabel("environment steps")
     fig.tight_layout()
-    name = os.path.basename(os.path.normpath(args.root))
-    png = args.output or os.path.join("docs", "figures", f"diagnostics_{name}_{args.env_id}.png")
-    os.makedirs(os.path.dirname(png) or ".", exist_ok=True)
-    fig.savefig(png, dpi=110)
+    try:
+        os.makedirs(os.path.dirname(png) or ".", exist_ok=True)
+        fig.savefig(png, dpi=110)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write {png}: {e}")
     plt.close(fig)
     print(f"{len(runs)} runs: " + ", ".join(f"{a}/{s}" for a, s in runs))
     print(f"wrote {png}")

@@ -227,30 +227,40 @@ def test_bootstrap_intervals_repeat_whatever_numpys_global_state_and_leave_it_al
 def test_diagnostics_plots_every_run_and_refuses_what_it_cannot_read(tmp_path, capsys):
     import report
 
-    def write(algo, seed, spread):
+    def write(algo, seed, spread, header="step,epsilon,action_spread,input_sensitivity", rows=30):
         d = tmp_path / "paper" / "HalfCheetah-v5" / algo / f"s{seed}"
-        d.mkdir(parents=True)
-        rows = [f"{2048 * (i + 1)},{0.15 * i / 30:g},{spread},{0.5}" for i in range(30)]
-        (d / "diagnostics.csv").write_text("step,epsilon,action_spread,input_sensitivity\n" + "\n".join(rows) + "\n")
-        return d
+        d.mkdir(parents=True, exist_ok=True)
+        eps = header.startswith("step,epsilon")
+        lines = [f"{2048 * (i + 1)}," + (f"{0.15 * i / 30:g}," if eps else "") + f"{spread},0.5" for i in range(rows)]
+        (d / "diagnostics.csv").write_text("\n".join([header, *lines]) + "\n")
+        return d / "diagnostics.csv"
 
     write("barpo_k1", 1, 0.7), write("barpo_k1", 2, 0.8), write("sappo", 1, 0.01)
-    (tmp_path / "paper" / "HalfCheetah-v5" / "spo" / "s1").mkdir(parents=True)  # no diagnostics.csv: not a line
+    write("spo", 1, 0.6, header="step,action_spread,input_sensitivity")  # SPO logs no epsilon: plotted without it
+    (tmp_path / "paper" / "HalfCheetah-v5" / "wocar" / "s1").mkdir(parents=True)  # no diagnostics.csv: not a line
     png = tmp_path / "fig.png"
     report.diagnostics(report.Diagnostics(root=str(tmp_path / "paper"), output=str(png)))
-    assert capsys.readouterr().out.splitlines()[0] == "3 runs: barpo_k1/s1, barpo_k1/s2, sappo/s1"
+    assert capsys.readouterr().out.splitlines()[0] == "4 runs: barpo_k1/s1, barpo_k1/s2, sappo/s1, spo/s1"
     assert png.stat().st_size > 20_000
-    report.diagnostics(report.Diagnostics(root=str(tmp_path / "paper"), algos=["sappo"], output=str(png)))
-    assert capsys.readouterr().out.splitlines()[0] == "1 runs: sappo/s1"
-    # nothing to plot, a file that is not a diagnostics.csv: one line, and no figure written over the old one
+    empty = write("radial", 1, 0.3, rows=0)  # header only: left out by name, not counted
+    report.diagnostics(report.Diagnostics(root=str(tmp_path / "paper"), algos=["sappo", "radial"], output=str(png)))
+    out = capsys.readouterr()
+    assert out.out.splitlines()[0] == "1 runs: sappo/s1" and f"left out radial/s1: {empty} has no rows" in out.err
+    # nothing to plot, files that are not diagnostics.csv, an output it cannot write: one line, no figure over the old one
     before = png.read_bytes()
-    assert_one_line_error(refused("report.py", "diagnostics", "--root", tmp_path / "paper", "--algos", "wocar",
-                                  "--output", png), "no diagnostics.csv under")
-    (write("radial", 1, 0.3) / "diagnostics.csv").write_text("step,epsilon\n1,2\n")
-    assert_one_line_error(refused("report.py", "diagnostics", "--root", tmp_path / "paper", "--output", png),
-                          "is not a diagnostics.csv")
-    (tmp_path / "paper" / "HalfCheetah-v5" / "radial" / "s1" / "diagnostics.csv").write_text(
-        "step,epsilon,action_spread,input_sensitivity\n2048,0.1,nan,0.5\n")
-    assert_one_line_error(refused("report.py", "diagnostics", "--root", tmp_path / "paper", "--output", png),
-                          "not a finite number")
+    for algos, fragment in ((["wocar"], "no diagnostics.csv with rows under"), (["radial"], "no diagnostics.csv with rows")):
+        assert_one_line_error(refused("report.py", "diagnostics", "--root", tmp_path / "paper", "--algos", *algos,
+                                      "--output", png), fragment)
+    for text, fragment in (("step,epsilon\n1,2\n", "no column action_spread, input_sensitivity"),
+                           ("step,action_spread,input_sensitivity\n2048,nan,0.5\n", "not a finite number"),
+                           ("step,action_spread,input_sensitivity\n2048,0.5\n4096,0.5,0.5\n", "cannot be plotted"),
+                           ("", "the file is empty")):
+        empty.write_text(text)
+        assert_one_line_error(refused("report.py", "diagnostics", "--root", tmp_path / "paper", "--output", png), fragment)
     assert png.read_bytes() == before
+    empty.unlink()
+    assert_one_line_error(refused("report.py", "diagnostics", "--root", tmp_path / "paper", "--output", tmp_path / "x.txt"),
+                          "name a .png, .pdf or .svg file")
+    (tmp_path / "file").write_text("")
+    assert_one_line_error(refused("report.py", "diagnostics", "--root", tmp_path / "paper", "--output",
+                                  tmp_path / "file" / "fig.png"), "cannot write")
