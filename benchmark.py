@@ -112,7 +112,9 @@ PRESET_STEPS = {
 # own steps, no gradient clipping, and, as in their configs, a learning rate annealed to 0 except on HalfCheetah, whose
 # robust configs keep it constant (WocaR's anneals there too). On HalfCheetah it runs exactly what the calibration's
 # *_authors runs ran. Keys: "<algo> <env family>", then "<env family>", then "default".
-PRESET_FLAGS = {"calibrated": {"HalfCheetah": AUTHORS_PPO, "wocar HalfCheetah": AUTHORS_PPO[1:],
+# A preset with flags trains under <root>/<preset>/: it has the budget of `paper`, and must never resume a run of it.
+PRESET_FLAGS = {"calibrated": {"HalfCheetah": ["--no-anneal-lr", "--value-first", "--max-grad-norm", "0"],
+                               "wocar HalfCheetah": ["--value-first", "--max-grad-norm", "0"],
                                "default": ["--value-first", "--max-grad-norm", "0"]}}
 # names that stand for several algorithms in --algos
 ALGO_GROUPS = {"comparison": ["spo", "sappo", "radial", "wocar", "arpo", "arpo_k1", "barpo_k0", "barpo_k1"],
@@ -134,16 +136,13 @@ class Run:
     """Run (or emit) the sweep."""
 
     algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
-    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, sappo, sappo_convex, sappo_authors, sappo_convex_authors, sappo_mixed_authors, wocar,
-    radial, barpo_k0.25, barpo_k0.5, barpo_k2), or a group: comparison (the paper's table: spo sappo radial wocar arpo arpo_k1
-    barpo_k0 barpo_k1), kappa (BARPO at kappa 0, 0.25, 0.5, 1, 2), calibration (SA-PPO: SGLD / convex x CleanRL's / the authors' PPO, and convex with the authors' CROWN-IBP mix), calibrated (SA-PPO and BARPO kappa 1, 10 with the authors' PPO)"""
+    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, barpo_k0.25, barpo_k0.5, barpo_k2, sappo, sappo_convex, wocar, radial, and the calibration's sappo_authors, sappo_convex_authors, sappo_mixed_authors, barpo_k1_authors, barpo_k10_authors), or a group: comparison (the paper's table: spo sappo radial wocar arpo arpo_k1 barpo_k0 barpo_k1), kappa (BARPO at kappa 0, 0.25, 0.5, 1, 2), calibration (SA-PPO: SGLD / convex x CleanRL's / the authors' PPO, and convex with the authors' CROWN-IBP mix), calibrated (SA-PPO and BARPO kappa 1, 10 with the authors' PPO, at any preset; the calibrated preset gives every algorithm that PPO)"""
     envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
     """environment ids"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
     """seeds"""
     preset: Literal["quick", "paper", "calibrated", "none"] = "quick"
-    """per-env hyperparameters and budgets: quick 500k steps, paper 2M (Ant 10M), calibrated = paper on the robust-RL
-    authors' PPO (PRESET_FLAGS); none: the scripts' defaults"""
+    """per-env hyperparameters and budgets: quick 500k steps, paper 2M (Ant 10M), calibrated = paper on the robust-RL authors' PPO (--value-first --max-grad-norm 0, and --no-anneal-lr on HalfCheetah but for WocaR; its runs train under <root>/calibrated/); none: the scripts' defaults"""
     total_timesteps: Optional[int] = None
     """override the preset's budget"""
     extra: str = ""
@@ -236,7 +235,7 @@ def jobs_of(args):
                               + ["--total-timesteps", str(args.total_timesteps or steps)])
                 elif args.total_timesteps:
                     flags += ["--total-timesteps", str(args.total_timesteps)]
-                run_dir = os.path.join(root, env_id, algo, f"s{seed}")
+                run_dir = os.path.join(root, *([args.preset] if args.preset in PRESET_FLAGS else []), env_id, algo, f"s{seed}")
                 out_dir = os.path.join(os.path.abspath(args.results), args.preset, env_id, algo, f"s{seed}")
                 train = [sys.executable, os.path.join(REPO, script), *flags, *args.extra.split(),
                          "--run-dir", run_dir, "--save-every", str(args.save_every), "--resume"]

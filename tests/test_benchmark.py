@@ -163,6 +163,8 @@ def test_calibrated_preset_is_paper_on_the_authors_ppo(tmp_path):
     _, authors = train_flags("paper", "barpo_k1_authors", "HalfCheetah-v5")
     assert parsed(flags) == parsed(authors) and "--rs-grid" in cheetah["evaluate"]
     assert cheetah["out_dir"] == str(tmp_path / "results" / "calibrated" / "HalfCheetah-v5" / "barpo_k1" / "s1")
+    paper_job, _ = train_flags("paper", "barpo_k1", "HalfCheetah-v5")  # same budget: it must not resume paper's run
+    assert cheetah["run_dir"] == str(tmp_path / "calibrated" / "HalfCheetah-v5" / "barpo_k1" / "s1") != paper_job["run_dir"]
     _, hopper = train_flags("calibrated", "sappo", "Hopper-v5")
     assert parsed(hopper)["--value-first"] and parsed(hopper)["--max-grad-norm"] == "0"
     assert "--no-anneal-lr" not in hopper and parsed(hopper)["--total-timesteps"] == "2000000"
