@@ -544,6 +544,10 @@ if __name__ == "__main__":
         check_video_backend()
 
     agent, ckpt = load_checkpoint(args.checkpoint, args.env_id)
+    # the evaluation's own code, read before anything runs (results may be committed while it runs): a change of
+    # float rounding in it moves HalfCheetah's returns by a few %
+    commit = code_commit("evaluate.py", "attacks.py", "learned_attack.py", "spo_ppo.py",
+                         os.path.basename(str(ckpt.get("script") or f"{ckpt.get('algo', 'spo')}_ppo.py")))
     env_id = ckpt["env_id"]
     eps = args.epsilon if args.epsilon is not None else default_epsilon(env_id)
     ckpt_dir = os.path.dirname(os.path.abspath(args.checkpoint))
@@ -663,9 +667,7 @@ if __name__ == "__main__":
 
     report = {
         "checkpoint": os.path.abspath(args.checkpoint), "env_id": env_id, "algo": ckpt.get("algo"),
-        # the evaluation's own code: a change of float rounding in it moves HalfCheetah's returns by a few %
-        "code_commit": code_commit("evaluate.py", "attacks.py", "learned_attack.py",
-                                   os.path.basename(str(ckpt.get("script") or f"{ckpt.get('algo', 'spo')}_ppo.py"))),
+        "code_commit": commit,
         "global_step": ckpt.get("global_step"), "epsilon": eps, "num_episodes": args.num_episodes,
         "deterministic": not args.stochastic, "mad_betas": mad_betas, "attack_steps": args.attack_steps,
         "results": results, "worst_case": worst, "worst_attack": worst_name, "robustness": robustness,
