@@ -53,8 +53,10 @@ released: 0.003 is our choice (the convex Ant κ, and the SGLD weight of WocaR's
       (step 0.01) as theirs; its grid and lookup are ours, so bounds can differ from auto_LiRPA's in the last digits.
     * Quirks kept: σ is not detached in R, so the regulariser also pushes log σ up (--detach-std detaches it);
       the SGLD variant detaches μ(s), the convex one does not (as in their code).
-The PPO around the regulariser is spo_ppo.py's, not the authors' (theirs: a separate value optimiser stepped first,
-no gradient clipping): every untagged line is spo_ppo.py's, so `diff spo_ppo.py sappo_ppo.py` shows SA-PPO.
+The PPO around the regulariser is spo_ppo.py's, CleanRL's by default; spo_ppo.py's flags give the authors' (the critic
+fitted first on its own steps, no gradient clipping, no annealing on HalfCheetah: --value-first --max-grad-norm 0
+--no-anneal-lr, benchmark.py's *_authors runs and its calibrated preset). Every untagged line is spo_ppo.py's, so
+`diff spo_ppo.py sappo_ppo.py` shows SA-PPO.
 """
 import math
 import os
