@@ -22,7 +22,8 @@ Algorithms (the paper's four configurations, PPO and the robust baselines):
     sappo     sappo_ppo.py (SGLD)             sappo_convex  sappo_ppo.py --method convex (IBP)
     sappo_authors, sappo_convex_authors: the same with the authors' PPO (AUTHORS_PPO); group `calibration` = these four and the next
     sappo_mixed_authors: convex with the authors' bounds (CROWN-IBP mixed into IBP early in the ramp) and PPO
-    barpo_k1_authors, barpo_k10_authors: BARPO (kappa 1, 10) with the authors' PPO; group `calibrated` = these + sappo_authors
+    barpo_k1_authors, barpo_k10_authors: BARPO (kappa 1, 10) with the authors' PPO; group `authors_ppo` = these two,
+              sappo_authors and sappo_convex_authors (the calibration's runs taken to seeds 1-3)
     wocar     wocar_ppo.py (WocaR-PPO, the authors' per-env settings)
     radial    radial_ppo.py (RADIAL-PPO)
 Presets carry the per-env learning rates of the robust-RL literature (docs/design.md §7): `paper` = 2M steps
@@ -120,7 +121,7 @@ PRESET_FLAGS = {"calibrated": {"HalfCheetah": ["--no-anneal-lr", "--value-first"
 ALGO_GROUPS = {"comparison": ["spo", "sappo", "radial", "wocar", "arpo", "arpo_k1", "barpo_k0", "barpo_k1"],
                "kappa": ["barpo_k0", "barpo_k0.25", "barpo_k0.5", "barpo_k1", "barpo_k2"],
                "calibration": ["sappo", "sappo_convex", "sappo_authors", "sappo_convex_authors", "sappo_mixed_authors"],
-               "calibrated": ["sappo_authors", "barpo_k1_authors", "barpo_k10_authors"]}
+               "authors_ppo": ["sappo_authors", "sappo_convex_authors", "barpo_k1_authors", "barpo_k10_authors"]}
 # minutes of training per quick-preset run (Hopper-v5, 500k steps) on one core of the 2-core machine with the other
 # core busy, measured 2026-12-03 from the sweep's logs (sappo_convex and arpo_k1: assumed as sappo and barpo); the
 # machine's speed varies by +-20 % from run to run. What `status` estimates with:
@@ -136,7 +137,7 @@ class Run:
     """Run (or emit) the sweep."""
 
     algos: List[str] = field(default_factory=lambda: ["spo", "arpo", "barpo_k0", "barpo_k1"])
-    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, barpo_k0.25, barpo_k0.5, barpo_k2, sappo, sappo_convex, wocar, radial, and the calibration's sappo_authors, sappo_convex_authors, sappo_mixed_authors, barpo_k1_authors, barpo_k10_authors), or a group: comparison (the paper's table: spo sappo radial wocar arpo arpo_k1 barpo_k0 barpo_k1), kappa (BARPO at kappa 0, 0.25, 0.5, 1, 2), calibration (SA-PPO: SGLD / convex x CleanRL's / the authors' PPO, and convex with the authors' CROWN-IBP mix), calibrated (SA-PPO and BARPO kappa 1, 10 with the authors' PPO, at any preset; the calibrated preset gives every algorithm that PPO)"""
+    """algorithms to run (spo, arpo, arpo_k1, barpo_k0, barpo_k1, barpo_k0.25, barpo_k0.5, barpo_k2, sappo, sappo_convex, wocar, radial, and the calibration's sappo_authors, sappo_convex_authors, sappo_mixed_authors, barpo_k1_authors, barpo_k10_authors), or a group: comparison (the paper's table: spo sappo radial wocar arpo arpo_k1 barpo_k0 barpo_k1), kappa (BARPO at kappa 0, 0.25, 0.5, 1, 2), calibration (SA-PPO: SGLD / convex x CleanRL's / the authors' PPO, and convex with the authors' CROWN-IBP mix), authors_ppo (SA-PPO SGLD and convex, BARPO kappa 1 and 10, each with the authors' PPO at any preset; the calibrated preset gives every algorithm that PPO)"""
     envs: List[str] = field(default_factory=lambda: ["Hopper-v5"])
     """environment ids"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
