@@ -111,8 +111,8 @@ PRESET_STEPS = {
 # flags a preset adds to every algorithm, per env family. `calibrated` is `paper` on the robust-RL authors' PPO, the base
 # the HalfCheetah calibration against the SA-PPO authors' agent chose (docs/results.md): the critic fitted first with its
 # own steps, no gradient clipping, and, as in their configs, a learning rate annealed to 0 except on HalfCheetah, whose
-# robust configs keep it constant (WocaR's anneals there too). On HalfCheetah it runs exactly what the calibration's
-# *_authors runs ran. Keys: "<algo> <env family>", then "<env family>", then "default".
+# robust configs keep it constant (WocaR's anneals there too). On HalfCheetah its flags are those of the calibration's
+# *_authors runs (tested). Keys: "<algo> <env family>", then "<env family>", then "default".
 # A preset with flags trains under <root>/<preset>/: it has the budget of `paper`, and must never resume a run of it.
 PRESET_FLAGS = {"calibrated": {"HalfCheetah": ["--no-anneal-lr", "--value-first", "--max-grad-norm", "0"],
                                "wocar HalfCheetah": ["--value-first", "--max-grad-norm", "0"],

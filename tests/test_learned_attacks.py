@@ -178,7 +178,7 @@ def all_scalars(run_dir):
 def test_same_adversary_bit_for_bit_as_the_two_scripts_it_replaces(name, flags, base_scripts, tiny_spo_checkpoint, tmp_path):
     """learned_attack.py draws the same random numbers as sarl_attack.py / paad_attack.py did for the same seed and
     flags: the same weights, the same record, the same format, the same logged returns and losses. Its speed-ups
-    (issue 24: the actor, the reward normaliser, the update's bookkeeping, the env's dropped info) are held to this."""
+    (the actor, the reward normaliser, the update's bookkeeping, the env's dropped info) are held to this."""
     victim = copy_victim(tiny_spo_checkpoint, tmp_path / "victim")
     run_script(base_scripts / f"{name}_attack.py", victim, *TINY_ADV, *flags, "--output", tmp_path / "before.pt",
                "--run-dir", tmp_path / "tb_before")

@@ -14,7 +14,7 @@ import torch
 
 from conftest import REPO, read_scalars
 
-REFERENCE = "9906ed2"  # the last commit before the throughput work (issue 24)
+REFERENCE = "9906ed2"  # the last commit before the throughput work
 SCRIPTS = ["spo_ppo.py", "arpo_ppo.py", "barpo_ppo.py", "sappo_ppo.py", "radial_ppo.py", "wocar_ppo.py"]
 SHORT = ["--total-timesteps", "512", "--num-steps", "128", "--num-minibatches", "8", "--update-epochs", "2", "--seed", "3"]
 RUNS = {  # name: (script, flags); Hopper's random-policy episodes end every few dozen steps, HalfCheetah's are truncated at 1000
